@@ -1,0 +1,313 @@
+"""Configuration: ``sftp-pipeline.toml`` plus one job per file in ``jobs/*.toml``.
+
+Loaded once at start-up into one frozen :class:`Config` and passed down.
+Relative paths are resolved against the directory of the file that names
+them. Every error names the file, the key and the fix; unknown keys are
+errors (a typo must never silently switch a safety off).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+DOCUMENT_TYPES = frozenset(
+    {"transaction_confirmation", "invoice", "billing_payment", "outage_info", "aggregation_data"}
+)
+DocumentType = Literal[
+    "transaction_confirmation", "invoice", "billing_payment", "outage_info", "aggregation_data"
+]
+PartyId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+RemoteDir = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
+
+DEFAULT_CONFIG_NAME = "sftp-pipeline.toml"
+DEFAULT_PORT = 22
+# Why 15 s: long enough for a slow VPN handshake, short enough that a dead host fails the run quickly.
+DEFAULT_CONNECT_TIMEOUT = 15.0
+# Why 60 s: a stalled SFTP request with no byte moving for a minute is dead, not slow.
+DEFAULT_STALL_TIMEOUT = 60.0
+# NAESB EDM: a sender retries a failed transmission up to three times.
+DEFAULT_ATTEMPTS = 3
+# Why 4 GiB: above the largest aggregation files users report; guards a runaway export.
+DEFAULT_MAX_DOCUMENT_BYTES = 4 * 1024**3
+# Why 2 s: an operator's copy that pauses for longer than this is taken as finished by most MFT tools too.
+DEFAULT_STABLE_SECONDS = 2.0
+# Why 8: enough requests to fill a LAN link with small files without starving a large upload.
+DEFAULT_FILES_IN_FLIGHT = 8
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Party(_Model):
+    id: PartyId
+    name: str = Field(min_length=1)
+
+
+class Secret(_Model):
+    """Where a passphrase comes from: an environment variable or a file, never the config itself."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Secret:
+        if self.env and self.file:
+            raise ValueError("give either 'env' or 'file', not both")
+        return self
+
+
+class OurKeys(_Model):
+    openpgp: Path = Path("keys/openpgp.key")
+    openpgp_passphrase: Secret | None = None
+    ssh: Path = Path("keys/ssh_ed25519")
+    ssh_passphrase: Secret | None = None
+    host_key: Path = Path("keys/ssh_host_ed25519")
+
+
+class RemoteDirs(_Model):
+    """Directories on the partner's SFTP server, named from the server's side."""
+
+    inbox: RemoteDir = "inbox"  # we upload documents here
+    outbox: RemoteDir = "outbox"  # the partner leaves documents for us here
+    receipts_in: RemoteDir = "receipts-in"  # we upload receipts for what they sent us
+    receipts_out: RemoteDir = "receipts-out"  # the partner leaves receipts for what we sent
+
+
+class SftpEndpoint(_Model):
+    host: str = Field(min_length=1)
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    host_keys: list[str] = Field(min_length=1)
+    require_pq_kex: bool = False
+    dirs: RemoteDirs = RemoteDirs()
+    connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, gt=0)
+    stall_timeout: float = Field(default=DEFAULT_STALL_TIMEOUT, gt=0)
+    attempts: int = Field(default=DEFAULT_ATTEMPTS, ge=1, le=10)
+    files_in_flight: int = Field(default=DEFAULT_FILES_IN_FLIGHT, ge=1, le=64)
+
+    @field_validator("host_keys")
+    @classmethod
+    def _pins_look_right(cls, pins: list[str]) -> list[str]:
+        for pin in pins:
+            if pin.startswith("SHA256:"):
+                continue
+            if len(pin.split()) < 2:
+                raise ValueError(
+                    f"host key {pin!r} is neither a known_hosts line nor a 'SHA256:' fingerprint; "
+                    "get one with `ssh-keyscan -p PORT HOST` or `ssh-keygen -lf HOSTKEY.pub`"
+                )
+        return pins
+
+
+class Partner(_Model):
+    id: PartyId
+    name: str = Field(min_length=1)
+    openpgp_cert: Path
+    send: list[DocumentType] = []  # document types we may send this partner
+    receive: list[DocumentType] = []  # document types this partner may send us
+    ssh_login_keys: list[str] = []  # OpenSSH public keys the partner logs into our server with
+    sftp: SftpEndpoint | None = None  # their server; None when they push to ours
+    encrypt_to_self: bool = True  # also encrypt to our own key, so the archived sealed copy stays readable
+
+    @field_validator("ssh_login_keys")
+    @classmethod
+    def _keys_look_right(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            fields = key.split()
+            if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
+                raise ValueError(f"{key[:40]!r}… is not an OpenSSH public key line (as in id_ed25519.pub)")
+        return keys
+
+
+class Server(_Model):
+    """The embedded SFTP server, for a party that hosts its partners."""
+
+    listen: list[str] = ["127.0.0.1"]
+    port: int = Field(default=2222, ge=0, le=65535)
+    root: Path = Path("sftp-root")  # one subdirectory per partner
+    # Why 10 MiB/s minimum is not set: the server never throttles; limits are the partner's contract.
+    max_sessions_per_partner: int = Field(default=8, ge=1, le=256)
+
+
+class Limits(_Model):
+    max_document_bytes: int = Field(default=DEFAULT_MAX_DOCUMENT_BYTES, gt=0)
+
+
+class Job(_Model):
+    """One job file: for now, a ``send`` job from a drop folder to one partner."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    kind: Literal["send"]
+    partner: PartyId
+    document_type: DocumentType
+    source: Path
+    pattern: str = "*"
+    max_document_bytes: int | None = Field(default=None, gt=0)
+    stable_seconds: float = Field(default=DEFAULT_STABLE_SECONDS, ge=0)
+    schedule: str | None = None
+    timezone: str = "UTC"
+
+
+class Config(_Model):
+    path: Path
+    party: Party
+    state_dir: Path = Path("state")
+    jobs_dir: Path = Path("jobs")
+    keys: OurKeys = OurKeys()
+    server: Server | None = None
+    limits: Limits = Limits()
+    partners: dict[str, Partner] = {}
+    jobs: dict[str, Job] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        for key, partner in self.partners.items():
+            if key != partner.id:
+                raise ValueError(f"partners.{key}: the table name and its 'id' ({partner.id!r}) differ")
+            if partner.id == self.party.id:
+                raise ValueError(f"partners.{key}: a partner cannot have our own party id")
+        for job in self.jobs.values():
+            partner = self.partners.get(job.partner)
+            if partner is None:
+                raise ValueError(
+                    f"job {job.name!r} names partner {job.partner!r}, which is not configured; "
+                    f"known partners: {', '.join(sorted(self.partners)) or 'none'}"
+                )
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def partner(self, partner_id: str) -> Partner:
+        try:
+            return self.partners[partner_id]
+        except KeyError:
+            raise ConfigError(f"{self.path}: no partner {partner_id!r} is configured") from None
+
+    def hosted_root(self, partner_id: str) -> Path:
+        """The directory our embedded server (or our OpenSSH) serves to ``partner_id``."""
+        root = self.server.root if self.server else self.base_dir / "sftp-root"
+        return root / partner_id
+
+
+def _fix_hint(error_type: str) -> str:
+    return {
+        "extra_forbidden": "remove it, or check its spelling against docs/configuration.md",
+        "missing": "add it",
+        "literal_error": "use one of the allowed values",
+        "string_pattern_mismatch": "use lowercase letters, digits and '-' (or '_' for names)",
+    }.get(error_type, "correct the value")
+
+
+def _format_validation(path: Path, exc: ValidationError, prefix: str = "") -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
+        loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
+        lines.append(f"  {loc}: {err['msg']} — fix: {_fix_hint(err['type'])}")
+    return "\n".join(lines)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: configuration file not found; create it (see docs/configuration.md) "
+            "or pass --config FILE"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def _resolve(base: Path, value: Path) -> Path:
+    return value if value.is_absolute() else (base / value)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make every path in the raw config absolute against ``base`` (the config file's directory)."""
+    for key in ("state_dir", "jobs_dir"):
+        if isinstance(raw.get(key), str):
+            raw[key] = str(_resolve(base, Path(raw[key])))
+    keys = raw.setdefault("keys", {})
+    if isinstance(keys, dict):
+        for key, default in (
+            ("openpgp", "keys/openpgp.key"),
+            ("ssh", "keys/ssh_ed25519"),
+            ("host_key", "keys/ssh_host_ed25519"),
+        ):
+            value = keys.get(key, default)
+            if isinstance(value, str):
+                keys[key] = str(_resolve(base, Path(value)))
+        for key in ("openpgp_passphrase", "ssh_passphrase"):
+            secret = keys.get(key)
+            if isinstance(secret, dict) and isinstance(secret.get("file"), str):
+                secret["file"] = str(_resolve(base, Path(secret["file"])))
+    server = raw.get("server")
+    if isinstance(server, dict):
+        server["root"] = str(_resolve(base, Path(server.get("root", "sftp-root"))))
+    for partner in (raw.get("partners") or {}).values():
+        if isinstance(partner, dict) and isinstance(partner.get("openpgp_cert"), str):
+            partner["openpgp_cert"] = str(_resolve(base, Path(partner["openpgp_cert"])))
+    return raw
+
+
+def load_job(path: Path) -> Job:
+    raw = _read_toml(path)
+    raw.setdefault("name", path.stem)
+    if isinstance(raw.get("source"), str):
+        raw["source"] = str(_resolve(path.parent, Path(raw["source"])))
+    try:
+        return Job.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(path, exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, resolve and validate the configuration and its job files."""
+    path = Path(path).absolute()
+    raw = _resolve_paths(_read_toml(path), path.parent)
+    raw["path"] = str(path)
+    if "state_dir" not in raw:
+        raw["state_dir"] = str(path.parent / "state")
+    if "jobs_dir" not in raw:
+        raw["jobs_dir"] = str(path.parent / "jobs")
+    if "server" not in raw:
+        pass
+    elif isinstance(raw["server"], dict) and "root" not in raw["server"]:
+        raw["server"]["root"] = str(path.parent / "sftp-root")
+    jobs: dict[str, Job] = {}
+    jobs_dir = Path(raw["jobs_dir"])
+    if jobs_dir.is_dir():
+        for job_file in sorted(jobs_dir.glob("*.toml")):
+            job = load_job(job_file)
+            if job.name in jobs:
+                raise ConfigError(f"{job_file}: job name {job.name!r} is already used by another job file")
+            jobs[job.name] = job
+    raw["jobs"] = jobs
+    for key, partner in (raw.get("partners") or {}).items():
+        if isinstance(partner, dict):
+            partner.setdefault("id", key)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(path, exc)) from None

@@ -1,0 +1,91 @@
+"""The exceptions sftp-pipeline raises, and the exit code each one maps to.
+
+Library exceptions (asyncssh, pysequoia, sqlite3, OSError…) are translated in
+the adapter that calls the library, with ``raise … from exc``; nothing above
+the adapters sees a foreign exception type.
+
+    PipelineError                      exit 1
+    ├── ConfigError                    exit 2  bad or missing configuration
+    ├── KeyError_                      exit 2  key files: missing, unreadable, too open
+    │   └── KeyPolicyError             exit 2  expired, revoked, weak or unusable key
+    ├── CryptoError                    exit 1  sealing or opening a message failed
+    │   └── OpenRejected               exit 1  an inbound message was refused (has a status code)
+    ├── TransportError                 exit 1  SFTP / filesystem transfer problem
+    │   ├── PermanentTransportError    exit 1  retrying will not help (auth, permission)
+    │   │   └── HostKeyError           exit 1  unknown or changed host key
+    │   └── TransientTransportError    exit 1  worth retrying (timeouts, resets)
+    ├── LedgerError                    exit 1  the SQLite ledger failed
+    └── IntakeError                    exit 1  a dropped file cannot be taken (quarantined)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class PipelineError(Exception):
+    """Root of every error sftp-pipeline raises on purpose."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(PipelineError):
+    """The configuration is missing, malformed or inconsistent."""
+
+    exit_code = EXIT_USAGE
+
+
+class KeyError_(PipelineError):  # noqa: N801 - avoid shadowing the builtin KeyError
+    """A key file is missing, unreadable, unparsable or readable by others."""
+
+    exit_code = EXIT_USAGE
+
+
+class KeyPolicyError(KeyError_):
+    """A key exists but may not be used: expired, revoked, too weak or lacking a capability."""
+
+
+class CryptoError(PipelineError):
+    """Sealing or opening an OpenPGP message failed."""
+
+
+class OpenRejected(CryptoError):
+    """An inbound message was refused; ``status`` is the receipt status code."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransportError(PipelineError):
+    """Moving bytes to or from a partner failed."""
+
+    retryable = False
+
+
+class PermanentTransportError(TransportError):
+    """Retrying will not help: authentication, permission, protocol refusal."""
+
+
+class HostKeyError(PermanentTransportError):
+    """The server's host key is not the pinned one."""
+
+
+class TransientTransportError(TransportError):
+    """A timeout, reset or similar: worth another attempt."""
+
+    retryable = True
+
+
+class LedgerError(PipelineError):
+    """The ledger could not be read or written."""
+
+
+class IntakeError(PipelineError):
+    """A dropped file cannot be taken; it is quarantined with ``reason``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
