@@ -1,0 +1,339 @@
+"""The ledger: one SQLite (WAL) row per document, and an event row per state change.
+
+State machine of an outbound transfer::
+
+    claimed ──▶ sealed ──▶ uploaded ──▶ (receipted | rejected | mismatch | invalid-receipt)  [inbound issue]
+       │           │
+       ├──▶ duplicate (same name + same content already sent to this partner)
+       └──▶ failed ◀┘  (permanent error; ``send --retry-failed`` puts it back)
+
+A transient error leaves the state unchanged with ``last_error`` and
+``attempts`` set, so the next run picks the document up again. Every
+transition is one transaction that also appends to ``events``; the
+transition table is a pure function (:func:`check_transition`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .clock import Clock, rfc3339, utc_now
+from .errors import LedgerError
+
+SCHEMA_VERSION = 1
+# Why 30 s: a second process (daemon + operator CLI) may hold the write lock through a long batch commit.
+BUSY_TIMEOUT_MS = 30_000
+
+OUTBOUND_STATES = ("claimed", "sealed", "uploaded", "failed", "duplicate")
+RECEIPT_STATES = ("receipted", "rejected", "mismatch", "invalid-receipt")
+IN_PROGRESS = ("claimed", "sealed")
+
+_TRANSITIONS: dict[str, frozenset[str]] = {
+    "claimed": frozenset({"sealed", "failed", "duplicate"}),
+    "sealed": frozenset({"uploaded", "failed"}),
+    "uploaded": frozenset(RECEIPT_STATES),
+    "failed": frozenset({"claimed", "sealed"}),
+    "duplicate": frozenset(),
+    "receipted": frozenset(),
+    "rejected": frozenset(),
+    "mismatch": frozenset(),
+    "invalid-receipt": frozenset(),
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS transfers (
+    id TEXT PRIMARY KEY,
+    direction TEXT NOT NULL CHECK (direction IN ('out', 'in')),
+    partner TEXT NOT NULL,
+    job TEXT,
+    document_type TEXT NOT NULL,
+    source_name TEXT NOT NULL,
+    source_path TEXT,
+    work_path TEXT,
+    sealed_path TEXT,
+    remote_name TEXT,
+    state TEXT NOT NULL,
+    plaintext_sha256 TEXT,
+    plaintext_size INTEGER,
+    ciphertext_sha256 TEXT,
+    ciphertext_size INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    ssh_kex TEXT,
+    ssh_cipher TEXT,
+    transport_pq INTEGER,
+    pgp_algorithms TEXT,
+    content_pq INTEGER,
+    archive_path TEXT,
+    archive_sealed_path TEXT,
+    duplicate_of TEXT,
+    created_at TEXT NOT NULL,
+    claimed_at TEXT,
+    sealed_at TEXT,
+    uploaded_at TEXT,
+    failed_at TEXT,
+    archived_at TEXT,
+    updated_at TEXT NOT NULL
+);
+-- The same name and content to the same partner is sent once: enforced here, race-free.
+CREATE UNIQUE INDEX IF NOT EXISTS transfers_once
+    ON transfers (partner, document_type, source_name, plaintext_sha256)
+    WHERE direction = 'out' AND state NOT IN ('failed', 'duplicate') AND plaintext_sha256 IS NOT NULL;
+CREATE INDEX IF NOT EXISTS transfers_state ON transfers (direction, partner, state);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    transfer_id TEXT NOT NULL REFERENCES transfers (id),
+    at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_transfer ON events (transfer_id, seq);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    id: str
+    direction: str
+    partner: str
+    job: str | None
+    document_type: str
+    source_name: str
+    source_path: str | None
+    work_path: str | None
+    sealed_path: str | None
+    remote_name: str | None
+    state: str
+    plaintext_sha256: str | None
+    plaintext_size: int | None
+    ciphertext_sha256: str | None
+    ciphertext_size: int | None
+    attempts: int
+    last_error: str | None
+    ssh_kex: str | None
+    ssh_cipher: str | None
+    transport_pq: int | None
+    pgp_algorithms: str | None
+    content_pq: int | None
+    archive_path: str | None
+    archive_sealed_path: str | None
+    duplicate_of: str | None
+    created_at: str
+    claimed_at: str | None
+    sealed_at: str | None
+    uploaded_at: str | None
+    failed_at: str | None
+    archived_at: str | None
+    updated_at: str
+
+
+_COLUMNS = tuple(f.name for f in fields(Transfer))
+
+
+class DuplicateContent(LedgerError):
+    """The same name and content was already sent to this partner (``original`` is that transfer's id)."""
+
+    def __init__(self, original: str) -> None:
+        super().__init__(f"same name and content already sent as transfer {original}")
+        self.original = original
+
+
+def check_transition(current: str, new: str) -> None:
+    """Raise LedgerError unless ``current → new`` is a legal state change."""
+    if new not in _TRANSITIONS.get(current, frozenset()):
+        raise LedgerError(f"illegal state change {current} → {new}")
+
+
+class Ledger:
+    """A handle on the SQLite ledger. Not shared between threads; open one per process."""
+
+    def __init__(self, path: Path, *, clock: Clock = utc_now) -> None:
+        self.path = path
+        self._clock = clock
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a committed state survives power loss
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _now(self) -> str:
+        return rfc3339(self._clock())
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: ledger write failed: {exc}") from exc
+
+    def _event(self, db: sqlite3.Connection, transfer_id: str, at: str, state: str, detail: str | None) -> None:
+        db.execute(
+            "INSERT INTO events (transfer_id, at, state, detail) VALUES (?, ?, ?, ?)",
+            (transfer_id, at, state, detail),
+        )
+
+    # -- outbound -----------------------------------------------------------------------------------
+
+    def claim(
+        self,
+        transfer_id: str,
+        *,
+        partner: str,
+        job: str,
+        document_type: str,
+        source_name: str,
+        source_path: str,
+        work_path: str,
+        remote_name: str,
+    ) -> Transfer:
+        """Record that we take ``source_path``; the caller moves it to ``work_path`` next."""
+        now = self._now()
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO transfers (id, direction, partner, job, document_type, source_name, source_path,
+                       work_path, remote_name, state, created_at, claimed_at, updated_at)
+                   VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, 'claimed', ?, ?, ?)""",
+                (transfer_id, partner, job, document_type, source_name, source_path, work_path, remote_name,
+                 now, now, now),
+            )
+            self._event(db, transfer_id, now, "claimed", source_path)
+        return self.get(transfer_id)
+
+    def set_plaintext(self, transfer_id: str, sha256: str, size: int) -> None:
+        """Record the content hash; raise DuplicateContent when this content was already sent."""
+        now = self._now()
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "UPDATE transfers SET plaintext_sha256 = ?, plaintext_size = ?, updated_at = ? WHERE id = ?",
+                    (sha256, size, now, transfer_id),
+                )
+        except LedgerError as exc:
+            if not isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise
+            row = self.get(transfer_id)
+            original = self._db.execute(
+                """SELECT id FROM transfers WHERE direction = 'out' AND partner = ? AND document_type = ?
+                   AND source_name = ? AND plaintext_sha256 = ? AND state NOT IN ('failed', 'duplicate')""",
+                (row.partner, row.document_type, row.source_name, sha256),
+            ).fetchone()
+            raise DuplicateContent(original["id"] if original else "?") from exc
+
+    def transition(self, transfer_id: str, new_state: str, detail: str | None = None, **values: Any) -> Transfer:
+        """Move a transfer to ``new_state``, setting ``values`` and the state's timestamp, in one transaction."""
+        now = self._now()
+        unknown = set(values) - set(_COLUMNS)
+        if unknown:
+            raise LedgerError(f"unknown ledger columns: {', '.join(sorted(unknown))}")
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no transfer {transfer_id} in {self.path}")
+            check_transition(row["state"], new_state)
+            stamp = f"{new_state.replace('-', '_')}_at"
+            if stamp in _COLUMNS:
+                values.setdefault(stamp, now)
+            values.update(state=new_state, updated_at=now)
+            assignments = ", ".join(f"{column} = ?" for column in values)
+            db.execute(f"UPDATE transfers SET {assignments} WHERE id = ?", (*values.values(), transfer_id))  # noqa: S608
+            self._event(db, transfer_id, now, new_state, detail)
+        return self.get(transfer_id)
+
+    def update(self, transfer_id: str, detail: str | None = None, **values: Any) -> Transfer:
+        """Set columns without a state change (attempts, last_error, archive paths…)."""
+        unknown = set(values) - set(_COLUMNS)
+        if unknown or "state" in values:
+            raise LedgerError(f"update cannot set: {', '.join(sorted(unknown | ({'state'} & set(values))))}")
+        now = self._now()
+        values["updated_at"] = now
+        with self._tx() as db:
+            assignments = ", ".join(f"{column} = ?" for column in values)
+            db.execute(f"UPDATE transfers SET {assignments} WHERE id = ?", (*values.values(), transfer_id))  # noqa: S608
+            if detail:
+                current = db.execute("SELECT state FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
+                self._event(db, transfer_id, now, current["state"], detail)
+        return self.get(transfer_id)
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def get(self, transfer_id: str) -> Transfer:
+        row = self._db.execute("SELECT * FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no transfer {transfer_id} in {self.path}")
+        return _to_transfer(row)
+
+    def unfinished(self, partner: str, job: str | None = None) -> list[Transfer]:
+        """Outbound transfers a run must finish: in progress, or uploaded but not yet archived."""
+        query = """SELECT * FROM transfers WHERE direction = 'out' AND partner = ?
+                   AND (state IN ('claimed', 'sealed') OR (state = 'uploaded' AND archived_at IS NULL))"""
+        params: list[Any] = [partner]
+        if job is not None:
+            query += " AND job = ?"
+            params.append(job)
+        return [_to_transfer(r) for r in self._db.execute(query + " ORDER BY id", params)]
+
+    def by_state(self, state: str, partner: str | None = None) -> list[Transfer]:
+        query, params = "SELECT * FROM transfers WHERE state = ?", [state]
+        if partner:
+            query += " AND partner = ?"
+            params.append(partner)
+        return [_to_transfer(r) for r in self._db.execute(query + " ORDER BY id", params)]
+
+    def recent(self, limit: int = 50, partner: str | None = None) -> list[Transfer]:
+        query, params = "SELECT * FROM transfers", []
+        if partner:
+            query += " WHERE partner = ?"
+            params.append(partner)
+        query += " ORDER BY id DESC LIMIT ?"
+        return [_to_transfer(r) for r in self._db.execute(query, [*params, limit])]
+
+    def events(self, transfer_id: str) -> list[tuple[str, str, str | None]]:
+        rows = self._db.execute(
+            "SELECT at, state, detail FROM events WHERE transfer_id = ? ORDER BY seq", (transfer_id,)
+        )
+        return [(r["at"], r["state"], r["detail"]) for r in rows]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        rows = self._db.execute("SELECT partner, state, COUNT(*) AS n FROM transfers GROUP BY partner, state")
+        return {(r["partner"], r["state"]): r["n"] for r in rows}
+
+    def integrity_ok(self) -> bool:
+        return bool(self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+def _to_transfer(row: sqlite3.Row) -> Transfer:
+    return Transfer(**{column: row[column] for column in _COLUMNS})
+
+
+def timestamp(moment: datetime) -> str:
+    return rfc3339(moment)
