@@ -182,8 +182,7 @@ class Config(_Model):
             if partner.id == self.party.id:
                 raise ValueError(f"partners.{key}: a partner cannot have our own party id")
         for job in self.jobs.values():
-            partner = self.partners.get(job.partner)
-            if partner is None:
+            if job.partner not in self.partners:
                 raise ValueError(
                     f"job {job.name!r} names partner {job.partner!r}, which is not configured; "
                     f"known partners: {', '.join(sorted(self.partners)) or 'none'}"

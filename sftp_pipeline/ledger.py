@@ -16,6 +16,7 @@ transition table is a pure function (:func:`check_transition`).
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -157,9 +158,13 @@ class Ledger:
     def __init__(self, path: Path, *, clock: Clock = utc_now) -> None:
         self.path = path
         self._clock = clock
+        self._lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            # Shared by the event loop and its worker threads (sealing), serialised by ``_lock``.
+            self._db = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a committed state survives power loss
@@ -180,11 +185,16 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _now(self) -> str:
+    def now(self) -> str:
         return rfc3339(self._clock())
+
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield from self._tx_unlocked()
+
+    def _tx_unlocked(self) -> Iterator[sqlite3.Connection]:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -217,7 +227,7 @@ class Ledger:
         remote_name: str,
     ) -> Transfer:
         """Record that we take ``source_path``; the caller moves it to ``work_path`` next."""
-        now = self._now()
+        now = self.now()
         with self._tx() as db:
             db.execute(
                 """INSERT INTO transfers (id, direction, partner, job, document_type, source_name, source_path,
@@ -231,7 +241,7 @@ class Ledger:
 
     def set_plaintext(self, transfer_id: str, sha256: str, size: int) -> None:
         """Record the content hash; raise DuplicateContent when this content was already sent."""
-        now = self._now()
+        now = self.now()
         try:
             with self._tx() as db:
                 db.execute(
@@ -242,16 +252,16 @@ class Ledger:
             if not isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise
             row = self.get(transfer_id)
-            original = self._db.execute(
+            found = self._rows(
                 """SELECT id FROM transfers WHERE direction = 'out' AND partner = ? AND document_type = ?
                    AND source_name = ? AND plaintext_sha256 = ? AND state NOT IN ('failed', 'duplicate')""",
                 (row.partner, row.document_type, row.source_name, sha256),
-            ).fetchone()
-            raise DuplicateContent(original["id"] if original else "?") from exc
+            )
+            raise DuplicateContent(found[0]["id"] if found else "?") from exc
 
     def transition(self, transfer_id: str, new_state: str, detail: str | None = None, **values: Any) -> Transfer:
         """Move a transfer to ``new_state``, setting ``values`` and the state's timestamp, in one transaction."""
-        now = self._now()
+        now = self.now()
         unknown = set(values) - set(_COLUMNS)
         if unknown:
             raise LedgerError(f"unknown ledger columns: {', '.join(sorted(unknown))}")
@@ -274,7 +284,7 @@ class Ledger:
         unknown = set(values) - set(_COLUMNS)
         if unknown or "state" in values:
             raise LedgerError(f"update cannot set: {', '.join(sorted(unknown | ({'state'} & set(values))))}")
-        now = self._now()
+        now = self.now()
         values["updated_at"] = now
         with self._tx() as db:
             assignments = ", ".join(f"{column} = ?" for column in values)
@@ -286,8 +296,16 @@ class Ledger:
 
     # -- queries ----------------------------------------------------------------------------------
 
+    def _rows(self, query: str, params: Any = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(query, params).fetchall()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"{self.path}: ledger read failed: {exc}") from exc
+
     def get(self, transfer_id: str) -> Transfer:
-        row = self._db.execute("SELECT * FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
+        rows = self._rows("SELECT * FROM transfers WHERE id = ?", (transfer_id,))
+        row = rows[0] if rows else None
         if row is None:
             raise LedgerError(f"no transfer {transfer_id} in {self.path}")
         return _to_transfer(row)
@@ -300,14 +318,14 @@ class Ledger:
         if job is not None:
             query += " AND job = ?"
             params.append(job)
-        return [_to_transfer(r) for r in self._db.execute(query + " ORDER BY id", params)]
+        return [_to_transfer(r) for r in self._rows(query + " ORDER BY id", params)]
 
     def by_state(self, state: str, partner: str | None = None) -> list[Transfer]:
         query, params = "SELECT * FROM transfers WHERE state = ?", [state]
         if partner:
             query += " AND partner = ?"
             params.append(partner)
-        return [_to_transfer(r) for r in self._db.execute(query + " ORDER BY id", params)]
+        return [_to_transfer(r) for r in self._rows(query + " ORDER BY id", params)]
 
     def recent(self, limit: int = 50, partner: str | None = None) -> list[Transfer]:
         query, params = "SELECT * FROM transfers", []
@@ -315,20 +333,18 @@ class Ledger:
             query += " WHERE partner = ?"
             params.append(partner)
         query += " ORDER BY id DESC LIMIT ?"
-        return [_to_transfer(r) for r in self._db.execute(query, [*params, limit])]
+        return [_to_transfer(r) for r in self._rows(query, [*params, limit])]
 
     def events(self, transfer_id: str) -> list[tuple[str, str, str | None]]:
-        rows = self._db.execute(
-            "SELECT at, state, detail FROM events WHERE transfer_id = ? ORDER BY seq", (transfer_id,)
-        )
+        rows = self._rows("SELECT at, state, detail FROM events WHERE transfer_id = ? ORDER BY seq", (transfer_id,))
         return [(r["at"], r["state"], r["detail"]) for r in rows]
 
     def counts(self) -> dict[tuple[str, str], int]:
-        rows = self._db.execute("SELECT partner, state, COUNT(*) AS n FROM transfers GROUP BY partner, state")
+        rows = self._rows("SELECT partner, state, COUNT(*) AS n FROM transfers GROUP BY partner, state")
         return {(r["partner"], r["state"]): r["n"] for r in rows}
 
     def integrity_ok(self) -> bool:
-        return bool(self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+        return bool(self._rows("PRAGMA integrity_check")[0][0] == "ok")
 
 
 def _to_transfer(row: sqlite3.Row) -> Transfer:

@@ -1,0 +1,1 @@
+"""Two-party fixtures (filled in with the outbound integration tests)."""
