@@ -41,12 +41,18 @@ HASH_CHUNK_BYTES = 1024 * 1024
 HEADER_PEEK_BYTES = 64 * 1024
 # OpenPGP symmetric algorithm id 9 is AES-256 (RFC 9580 §9.3); the only cipher we seal with.
 AES256_ID = 9
-_CIPHER_NAMES = {7: "AES-128", 8: "AES-192", 9: "AES-256", 10: "Twofish", 11: "Camellia-128",
-                 12: "Camellia-192", 13: "Camellia-256"}
+_CIPHER_NAMES = {
+    7: "AES-128",
+    8: "AES-192",
+    9: "AES-256",
+    10: "Twofish",
+    11: "Camellia-128",
+    12: "Camellia-192",
+    13: "Camellia-256",
+}
 _AEAD_NAMES = {1: "EAX", 2: "OCB", 3: "GCM"}
 # Self-signatures made with these hashes are forgeable (SHA-1 chosen-prefix collisions, 2020).
 _WEAK_HASHES = (HashAlgorithm.MD5, HashAlgorithm.SHA1, HashAlgorithm.RipeMD)
-
 
 
 def _ids(*algorithms: Any) -> frozenset[int]:
@@ -55,38 +61,56 @@ def _ids(*algorithms: Any) -> frozenset[int]:
 
 
 _PQ_ALGORITHMS = _ids(
-    PublicKeyAlgorithm.MLDSA65_Ed25519, PublicKeyAlgorithm.MLDSA87_Ed448,
-    PublicKeyAlgorithm.MLKEM768_X25519, PublicKeyAlgorithm.MLKEM1024_X448,
-    PublicKeyAlgorithm.SLHDSA128f, PublicKeyAlgorithm.SLHDSA128s, PublicKeyAlgorithm.SLHDSA256s,
+    PublicKeyAlgorithm.MLDSA65_Ed25519,
+    PublicKeyAlgorithm.MLDSA87_Ed448,
+    PublicKeyAlgorithm.MLKEM768_X25519,
+    PublicKeyAlgorithm.MLKEM1024_X448,
+    PublicKeyAlgorithm.SLHDSA128f,
+    PublicKeyAlgorithm.SLHDSA128s,
+    PublicKeyAlgorithm.SLHDSA256s,
 )
 _RSA_ALGORITHMS = _ids(
-    PublicKeyAlgorithm.RSAEncryptSign, PublicKeyAlgorithm.RSAEncrypt, PublicKeyAlgorithm.RSASign,
+    PublicKeyAlgorithm.RSAEncryptSign,
+    PublicKeyAlgorithm.RSAEncrypt,
+    PublicKeyAlgorithm.RSASign,
 )
 _ELGAMAL_ALGORITHMS = _ids(PublicKeyAlgorithm.ElGamalEncrypt, PublicKeyAlgorithm.ElGamalEncryptSign)
 _DSA = int(PublicKeyAlgorithm.DSA)
 _FIXED_NAMES = {
     int(algo): name
     for algo, name in (
-        (PublicKeyAlgorithm.Ed25519, "Ed25519"), (PublicKeyAlgorithm.Ed448, "Ed448"),
-        (PublicKeyAlgorithm.X25519, "X25519"), (PublicKeyAlgorithm.X448, "X448"),
+        (PublicKeyAlgorithm.Ed25519, "Ed25519"),
+        (PublicKeyAlgorithm.Ed448, "Ed448"),
+        (PublicKeyAlgorithm.X25519, "X25519"),
+        (PublicKeyAlgorithm.X448, "X448"),
         (PublicKeyAlgorithm.MLDSA65_Ed25519, "ML-DSA-65+Ed25519"),
         (PublicKeyAlgorithm.MLDSA87_Ed448, "ML-DSA-87+Ed448"),
         (PublicKeyAlgorithm.MLKEM768_X25519, "ML-KEM-768+X25519"),
         (PublicKeyAlgorithm.MLKEM1024_X448, "ML-KEM-1024+X448"),
-        (PublicKeyAlgorithm.SLHDSA128f, "SLH-DSA-128f"), (PublicKeyAlgorithm.SLHDSA128s, "SLH-DSA-128s"),
+        (PublicKeyAlgorithm.SLHDSA128f, "SLH-DSA-128f"),
+        (PublicKeyAlgorithm.SLHDSA128s, "SLH-DSA-128s"),
         (PublicKeyAlgorithm.SLHDSA256s, "SLH-DSA-256s"),
     )
 }
 # Curve OIDs (DER body, hex) used by v4 ECC keys, RFC 9580 §9.2.
 _CURVES = {
-    "2b06010401da470f01": "Ed25519", "2b060104019755010501": "X25519", "2b6571": "Ed448", "2b656f": "X448",
-    "2a8648ce3d030107": "P-256", "2b81040022": "P-384", "2b81040023": "P-521",
-    "2b2403030208010107": "brainpoolP256r1", "2b240303020801010b": "brainpoolP384r1",
+    "2b06010401da470f01": "Ed25519",
+    "2b060104019755010501": "X25519",
+    "2b6571": "Ed448",
+    "2b656f": "X448",
+    "2a8648ce3d030107": "P-256",
+    "2b81040022": "P-384",
+    "2b81040023": "P-521",
+    "2b2403030208010107": "brainpoolP256r1",
+    "2b240303020801010b": "brainpoolP384r1",
     "2b240303020801010d": "brainpoolP512r1",
 }
 _PRIMARY_SELF_SIGS = (
-    SignatureType.DirectKey, SignatureType.PositiveCertification, SignatureType.GenericCertification,
-    SignatureType.CasualCertification, SignatureType.PersonaCertification,
+    SignatureType.DirectKey,
+    SignatureType.PositiveCertification,
+    SignatureType.GenericCertification,
+    SignatureType.CasualCertification,
+    SignatureType.PersonaCertification,
 )
 
 Purpose = Literal["encrypt", "verify"]
@@ -351,15 +375,21 @@ def _fix_for(problem: str, fingerprint: str) -> str:
     if "revoked" in problem:
         return "its owner revoked it: ask them for their new certificate and replace the file"
     if "expired" in problem:
-        return (f"ask its owner to extend it (`gpg --quick-set-expire {fingerprint} 2y`, and the same for "
-                "its subkeys) and send the updated certificate")
+        return (
+            f"ask its owner to extend it (`gpg --quick-set-expire {fingerprint} 2y`, and the same for "
+            "its subkeys) and send the updated certificate"
+        )
     if "encryption" in problem or "signing" in problem:
-        return ("ask its owner to add one (`gpg --quick-add-key FPR cv25519 encr` or `... ed25519 sign`) "
-                "and send the updated certificate")
+        return (
+            "ask its owner to add one (`gpg --quick-add-key FPR cv25519 encr` or `... ed25519 sign`) "
+            "and send the updated certificate"
+        )
     if "clocks" in problem:
         return "fix the clock of the machine that made the key, or of this machine"
-    return ("ask its owner for a new key: Ed25519/Cv25519 (`gpg --quick-generate-key NAME ed25519 cert,sign`, "
-            "`gpg --quick-add-key FPR cv25519 encr`) or RSA-3072 or larger")
+    return (
+        "ask its owner for a new key: Ed25519/Cv25519 (`gpg --quick-generate-key NAME ed25519 cert,sign`, "
+        "`gpg --quick-add-key FPR cv25519 encr`) or RSA-3072 or larger"
+    )
 
 
 def check_cert(cert: Cert, *, purpose: Purpose, now: datetime, label: str) -> CertInfo:
@@ -462,8 +492,9 @@ def seal(
     signer_info = check_cert(signer.cert, purpose="verify", now=now, label="our own OpenPGP key")
     plaintext_sha256, plaintext_size = _sha256_file(src)
     try:
-        pysequoia.encrypt_file(os.fspath(src), os.fspath(dst), recipients=list(recipients),
-                               signer=signer.handle, armor=False)
+        pysequoia.encrypt_file(
+            os.fspath(src), os.fspath(dst), recipients=list(recipients), signer=signer.handle, armor=False
+        )
         seipd, cipher_id, aead_id = _encryption_layer(dst)
         if cipher_id is not None and cipher_id != AES256_ID:
             raise CryptoError(
@@ -482,11 +513,10 @@ def seal(
         raise
     encrypt_algos = sorted({a for info in infos for a in info.encryption_algorithms})
     mode = f"SEIPDv{seipd}" + (f" ({_AEAD_NAMES.get(aead_id, aead_id)})" if aead_id is not None else "")
-    algorithms = (f"AES-256, {mode}, sign {' / '.join(signer_info.signing_algorithms)}, "
-                  f"encrypt {' / '.join(encrypt_algos)}")
-    post_quantum = all(
-        k.post_quantum for info in infos for k in info.keys if k.can_encrypt and k.usable
+    algorithms = (
+        f"AES-256, {mode}, sign {' / '.join(signer_info.signing_algorithms)}, encrypt {' / '.join(encrypt_algos)}"
     )
+    post_quantum = all(k.post_quantum for info in infos for k in info.keys if k.can_encrypt and k.usable)
     return SealInfo(
         plaintext_sha256=plaintext_sha256,
         plaintext_size=plaintext_size,
