@@ -83,9 +83,7 @@ def _supported(wanted: Iterable[str], available: Iterable[bytes]) -> tuple[str, 
 
 
 KEX_ALGS: tuple[str, ...] = _supported(_KEX_PREFERENCE, asyncssh.kex.get_kex_algs())
-ENCRYPTION_ALGS: tuple[str, ...] = _supported(
-    _CIPHER_PREFERENCE, asyncssh.encryption.get_encryption_algs()
-)
+ENCRYPTION_ALGS: tuple[str, ...] = _supported(_CIPHER_PREFERENCE, asyncssh.encryption.get_encryption_algs())
 MAC_ALGS: tuple[str, ...] = _supported(_MAC_PREFERENCE, asyncssh.mac.get_mac_algs())
 HOST_KEY_ALGS: tuple[str, ...] = _supported(_SIG_PREFERENCE, asyncssh.public_key.get_public_key_algs())
 SIGNATURE_ALGS: tuple[str, ...] = HOST_KEY_ALGS  # what we accept for public-key user authentication
