@@ -372,19 +372,19 @@ def describe_cert(cert: Cert, now: datetime) -> CertInfo:
 
 
 def _fix_for(problem: str, fingerprint: str) -> str:
-    if "revoked" in problem:
+    if problem.startswith("it has no valid"):
+        return (
+            "ask its owner to add a valid one (`gpg --quick-add-key FPR cv25519 encr` or `... ed25519 sign`, "
+            "or extend the expired one with `gpg --quick-set-expire FPR 2y '*'`) and send the updated certificate"
+        )
+    if problem == "it is revoked":
         return "its owner revoked it: ask them for their new certificate and replace the file"
-    if "expired" in problem:
+    if problem.startswith("it expired"):
         return (
             f"ask its owner to extend it (`gpg --quick-set-expire {fingerprint} 2y`, and the same for "
             "its subkeys) and send the updated certificate"
         )
-    if "encryption" in problem or "signing" in problem:
-        return (
-            "ask its owner to add one (`gpg --quick-add-key FPR cv25519 encr` or `... ed25519 sign`) "
-            "and send the updated certificate"
-        )
-    if "clocks" in problem:
+    if problem.startswith("it was created in the future"):
         return "fix the clock of the machine that made the key, or of this machine"
     return (
         "ask its owner for a new key: Ed25519/Cv25519 (`gpg --quick-generate-key NAME ed25519 cert,sign`, "
