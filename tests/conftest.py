@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-pytest_plugins = ["tests.peers.gpg", "tests.peers.sshd", "tests.peers.parties"]
+pytest_plugins = ["tests.peers.gpg", "tests.peers.sshd", "tests.peers.parties", "tests.peers.embedded"]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
