@@ -14,7 +14,6 @@ authenticate, with :class:`~sftp_pipeline.errors.HostKeyError`.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import posixpath
@@ -128,6 +127,7 @@ class SftpTransport(Transport):
         self._where = f"{endpoint.host}:{endpoint.port}"
         self.session = session
         self._closed = False
+        self._stalled = False  # set when the watchdog dropped the connection
 
     def __repr__(self) -> str:
         return f"SftpTransport(partner={self._partner!r}, server={self._where!r})"
@@ -245,7 +245,7 @@ class SftpTransport(Transport):
                 f"bytes, not {size}; it was not overwritten — ask the partner what that file is"
             )
         await self._op("remove stale", temp, self._remove_if_present(temp))
-        await self._transfer("upload", temp, self._upload(local, temp, progress))
+        await self._transfer("upload", temp, lambda h: self._upload(local, temp, h), progress)
         uploaded = await self._op("stat", temp, self._stat_or_none(temp))
         if uploaded is None or uploaded.size != size:
             await self._op("remove", temp, self._remove_if_present(temp))
@@ -284,7 +284,7 @@ class SftpTransport(Transport):
         attrs = await self._op("stat", remote, self._sftp.stat(remote))
         temp = local.with_name(f"{names.TEMP_PREFIX}{local.name}{names.TEMP_SUFFIX}")
         try:
-            await self._transfer("download", remote, self._download(remote, temp, progress))
+            await self._transfer("download", remote, lambda h: self._download(remote, temp, h), progress)
             size = await asyncio.to_thread(_fsync_size, temp)
             if size != attrs.size:
                 raise errors.TransientTransportError(
@@ -354,70 +354,92 @@ class SftpTransport(Transport):
         except asyncssh.SFTPOpUnsupported:
             await self._sftp.rename(temp, final)
 
-    async def _upload(self, local: Path, remote: str, progress: Progress | None) -> None:
+    async def _upload(self, local: Path, remote: str, handler: _ProgressHandler) -> None:
         await self._sftp.put(
-            str(local),
-            remote,
-            block_size=BLOCK_SIZE,
-            max_requests=MAX_REQUESTS,
-            progress_handler=self._progress_handler(progress),
+            str(local), remote, block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS, progress_handler=handler
         )
 
-    async def _download(self, remote: str, local: Path, progress: Progress | None) -> None:
+    async def _download(self, remote: str, local: Path, handler: _ProgressHandler) -> None:
         await self._sftp.get(
-            remote,
-            str(local),
-            block_size=BLOCK_SIZE,
-            max_requests=MAX_REQUESTS,
-            progress_handler=self._progress_handler(progress),
+            remote, str(local), block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS, progress_handler=handler
         )
-
-    def _progress_handler(self, progress: Progress | None) -> Callable[[Any, Any, int, int], None]:
-        moved = 0
-
-        def handler(_src: Any, _dst: Any, done: int, _total: int) -> None:
-            nonlocal moved
-            delta, moved = done - moved, done
-            timer = _STALL_TIMER.get(None)
-            if timer is not None:
-                timer.reschedule(asyncio.get_running_loop().time() + self._endpoint.stall_timeout)
-            if progress is not None and delta:
-                progress(delta)
-
-        return handler
 
     async def _op(self, what: str, path: str, coro: Awaitable[T]) -> T:
-        """Run one SFTP request with the stall timeout, translating its errors."""
+        """Run one SFTP request under the stall watchdog, translating its errors."""
         async with self._guard(what, path):
             return await coro
 
-    async def _transfer(self, what: str, path: str, coro: Awaitable[None]) -> None:
-        """Run a copy whose stall timer is pushed back by every block that moves."""
-        async with self._guard(what, path) as timer:
-            token = _STALL_TIMER.set(timer)
-            try:
-                await coro
-            finally:
-                _STALL_TIMER.reset(token)
+    async def _transfer(
+        self,
+        what: str,
+        path: str,
+        copy: Callable[[_ProgressHandler], Awaitable[None]],
+        progress: Progress | None,
+    ) -> None:
+        """Run a copy whose stall watchdog is pushed back by every block that moves."""
+        async with self._guard(what, path) as watchdog:
+            moved = 0
+
+            def handler(_src: Any, _dst: Any, done: int, _total: int) -> None:
+                nonlocal moved
+                delta, moved = done - moved, done
+                watchdog.kick()
+                if progress is not None and delta:
+                    progress(delta)
+
+            await copy(handler)
 
     @asynccontextmanager
-    async def _guard(self, what: str, path: str) -> AsyncIterator[asyncio.Timeout]:
+    async def _guard(self, what: str, path: str) -> AsyncIterator[_Watchdog]:
+        watchdog = _Watchdog(self._endpoint.stall_timeout, self._on_stall)
         try:
-            async with asyncio.timeout(self._endpoint.stall_timeout) as timer:
-                yield timer
-        except TimeoutError as exc:
-            raise errors.TransientTransportError(
-                f"partner {self._partner!r}: {what} of {path} on {self._where} stalled: nothing moved for "
-                f"{self._endpoint.stall_timeout:g}s; the connection is dropped and the step will be retried"
-            ) from exc
+            yield watchdog
         except errors.TransportError:
             raise
         except (asyncssh.Error, OSError) as exc:
+            if self._stalled:
+                raise errors.TransientTransportError(
+                    f"partner {self._partner!r}: {what} of {path} on {self._where} stalled: nothing moved "
+                    f"for {self._endpoint.stall_timeout:g}s; the connection was dropped and the step will "
+                    "be retried"
+                ) from exc
             raise _translate(exc, self._partner, self._where, what, path) from exc
+        finally:
+            watchdog.cancel()
+
+    def _on_stall(self) -> None:
+        # A server that answers nothing for the stall timeout is dead: abort the connection so every
+        # pending request (and asyncssh's own clean-up of it) fails now instead of waiting forever.
+        log.warning("partner %s: %s stopped answering; dropping the connection", self._partner, self._where)
+        self._stalled = True
+        self._conn.abort()
 
 
-# The stall timer of the transfer running in this task, pushed back by its progress handler.
-_STALL_TIMER: contextvars.ContextVar[asyncio.Timeout] = contextvars.ContextVar("sftp_stall_timer")
+_ProgressHandler = Callable[[Any, Any, int, int], None]
+
+
+class _Watchdog:
+    """Calls ``on_stall`` once when ``kick`` has not been called for ``timeout`` seconds."""
+
+    def __init__(self, timeout: float, on_stall: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._on_stall = on_stall
+        self._last = self._loop.time()
+        self._handle = self._loop.call_at(self._last + timeout, self._check)
+
+    def kick(self) -> None:
+        self._last = self._loop.time()  # cheap: the timer re-arms itself from this when it fires
+
+    def _check(self) -> None:
+        due = self._last + self._timeout
+        if self._loop.time() >= due:
+            self._on_stall()
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _mac_name(conn: asyncssh.SSHClientConnection) -> str:
