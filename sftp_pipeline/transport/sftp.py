@@ -74,12 +74,8 @@ class _Pins:
         """Offer the algorithms of pinned keys (so the server presents the pinned one), else all."""
         if self.fingerprints:
             return list(sshalgs.HOST_KEY_ALGS)
-        algs: list[str] = []
-        for key in self.pinned_keys:
-            for alg in key.sig_algorithms:
-                name = alg.decode("ascii")
-                if name in sshalgs.HOST_KEY_ALGS and name not in algs:
-                    algs.append(name)
+        pinned = {alg.decode("ascii") for key in self.pinned_keys for alg in key.sig_algorithms}
+        algs = [alg for alg in sshalgs.HOST_KEY_ALGS if alg in pinned]  # in our preference order
         return algs or list(sshalgs.HOST_KEY_ALGS)
 
     def matches(self, key: asyncssh.SSHKey, host: str, addr: str, port: int) -> bool:
