@@ -612,9 +612,9 @@ class EmbeddedServer:
                 f"{path}: not a usable unencrypted OpenSSH private key for the SFTP server: {exc}"
             ) from exc
         pairs = list(asyncssh.load_keypairs([key]))
-        allowed = {alg.encode("ascii") for alg in sshalgs.HOST_KEY_ALGS}
-        for pair in pairs:
-            pair.host_key_algorithms = [alg for alg in pair.host_key_algorithms if alg in allowed]
+        preferred = [alg.encode("ascii") for alg in sshalgs.HOST_KEY_ALGS]
+        for pair in pairs:  # offer only allowed signature algorithms (never ssh-rsa/SHA-1), ours first
+            pair.host_key_algorithms = [alg for alg in preferred if alg in pair.host_key_algorithms]
         if not any(pair.host_key_algorithms for pair in pairs):
             raise KeyError_(
                 f"{path}: host key type {key.get_algorithm()} is not allowed "
