@@ -26,6 +26,7 @@ from pathlib import Path
 
 import asyncssh
 import pysequoia
+from pysequoia.packet import PacketPile, Tag
 
 from .clock import rfc3339
 from .config import Config, Partner, Secret
@@ -199,14 +200,21 @@ def _unlock_decryptor(tsk: pysequoia.Tsk, passphrase: Passphrase | None, path: P
         return tsk.decryptor(passphrase.reveal() if passphrase else None)
 
 
+def _secret_packets(data: bytes) -> bool:
+    """True when ``data`` holds secret key packets (checked on packets: pysequoia's Cert warns on them)."""
+    secret_tags = (Tag.SecretKey, Tag.SecretSubkey)
+    return any(packet.tag in secret_tags for packet in PacketPile.from_bytes(data))
+
+
 def _read_tsk(path: Path) -> pysequoia.Tsk:
     check_secret_file(path, what="OpenPGP secret key")
     try:
-        cert = pysequoia.Cert.from_file(os.fspath(path))
-        tsk = pysequoia.Tsk.from_file(os.fspath(path))
+        data = path.read_bytes()
+        has_secrets = _secret_packets(data)
+        tsk = pysequoia.Tsk.from_bytes(data)
     except (RuntimeError, ValueError, OSError) as exc:
         raise KeyError_(f"{path}: not an OpenPGP secret key ({_first_line(exc)}); check the file") from None
-    if not cert.has_secret_keys:
+    if not has_secrets:
         raise KeyError_(
             f"{path}: holds only a public certificate, no secret key; point keys.openpgp at our secret key "
             "(openpgp.key), or run `sftp-pipeline keys generate`"
@@ -261,19 +269,19 @@ def load_partner_cert(partner: Partner) -> pysequoia.Cert:
     except OSError as exc:
         raise KeyError_(f"{where}: cannot read: {exc.strerror}") from exc
     try:
-        certs = pysequoia.Cert.split_bytes(data)
+        has_secrets = _secret_packets(data)
+        certs = [] if has_secrets else pysequoia.Cert.split_bytes(data)
     except (RuntimeError, ValueError) as exc:
         raise KeyError_(f"{where} is not an OpenPGP certificate ({_first_line(exc)}); check the file") from None
-    if len(certs) != 1:
-        raise KeyError_(f"{where} holds {len(certs)} certificates; keep exactly one (the partner's) in the file")
-    cert = certs[0]
-    if cert.has_secret_keys:
+    if has_secrets:
         raise KeyError_(
             f"{where} contains SECRET key material; a partner file must be public. Ask {partner.name} for "
             "the public certificate only (`gpg --export --armor FPR`), replace the file and delete this copy "
             "securely (the partner should consider that key exposed)"
         )
-    return cert
+    if len(certs) != 1:
+        raise KeyError_(f"{where} holds {len(certs)} certificates; keep exactly one (the partner's) in the file")
+    return certs[0]
 
 
 # ------------------------------------------------------------------------------------------ generate

@@ -490,7 +490,10 @@ def seal(
     labels += [f"recipient certificate {c.fingerprint.lower()}" for c in recipients[len(labels) :]]
     infos = [check_cert(c, purpose="encrypt", now=now, label=lbl) for c, lbl in zip(recipients, labels, strict=True)]
     signer_info = check_cert(signer.cert, purpose="verify", now=now, label="our own OpenPGP key")
-    plaintext_sha256, plaintext_size = _sha256_file(src)
+    try:
+        plaintext_sha256, plaintext_size = _sha256_file(src)
+    except OSError as exc:
+        raise CryptoError(f"sealing {src}: cannot read the document: {exc.strerror}") from exc
     try:
         pysequoia.encrypt_file(
             os.fspath(src), os.fspath(dst), recipients=list(recipients), signer=signer.handle, armor=False
