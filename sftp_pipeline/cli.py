@@ -1,0 +1,300 @@
+"""``sftp-pipeline``: a thin client. It parses, loads the config, calls the services and renders.
+
+Exit codes: 0 ok, 1 some work failed, 2 usage or configuration error. Every
+:class:`~sftp_pipeline.errors.PipelineError` is mapped in :func:`main`, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+from typer.exceptions import TyperException
+
+from . import __version__
+from .clock import utc_now
+from .config import DEFAULT_CONFIG_NAME, Config, load_config
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
+from .transport import Progress as ProgressCallback
+
+app = typer.Typer(
+    name="sftp-pipeline",
+    help="Sign, encrypt and push business documents to energy-market partners over SFTP, and prove delivery.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Our OpenPGP and SSH keys, and our partners'.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Why 8 MiB: below that an upload is over before a bar would be read.
+PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+
+
+class _State:
+    config_path: Path = Path(DEFAULT_CONFIG_NAME)
+
+
+state = _State()
+
+
+@app.callback()
+def _global(
+    config: Annotated[
+        Path,
+        typer.Option("--config", "-c", envvar="SFTP_PIPELINE_CONFIG", help="The configuration file."),
+    ] = Path(DEFAULT_CONFIG_NAME),
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+    log_json: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
+) -> None:
+    from .runtime import setup_logging
+
+    state.config_path = config
+    setup_logging(log_level, log_json)
+
+
+def _config() -> Config:
+    return load_config(state.config_path)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"sftp-pipeline {__version__}")
+
+
+class _RichProgress:
+    """Progress bars for large uploads, only on a terminal."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, object] = {}
+
+    def start(self, label: str, total: int) -> ProgressCallback:
+        if total < PROGRESS_MIN_BYTES:
+            return lambda n: None
+        task = self.progress.add_task(label, total=total)
+        self.tasks[label] = task
+        return lambda n: self.progress.advance(task, n)  # type: ignore[arg-type]
+
+    def finish(self, label: str) -> None:
+        task = self.tasks.pop(label, None)
+        if task is not None:
+            self.progress.remove_task(task)  # type: ignore[arg-type]
+
+
+@app.command()
+def send(
+    jobs: Annotated[list[str] | None, typer.Argument(help="Send jobs to run (default: all send jobs).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be sent; change nothing.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Put failed transfers back in the queue first.")] = False,
+) -> None:
+    """Take documents from the drop folders, seal them and upload them to the partners."""
+    from .outbound import Outbound
+    from .runtime import open_runtime
+
+    config = _config()
+    selected = _select_jobs(config, jobs)
+    with open_runtime(config) as rt:
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+            disable=not err_console.is_terminal,
+        )
+        with progress:
+            outbound = Outbound(
+                config, rt.keys, rt.ledger, rt.connect, clock=rt.clock, progress=_RichProgress(progress)
+            )
+            report = asyncio.run(outbound.run(selected, dry_run=dry_run, retry_failed=retry_failed))
+    table = Table("job", "file", "transfer", "result", "detail", title="send")
+    for o in report.outcomes:
+        style = {"failed": "red", "pending": "yellow", "quarantined": "magenta", "uploaded": "green"}.get(o.state, "")
+        table.add_row(o.job, o.name, o.transfer_id or "", f"[{style}]{o.state}[/]" if style else o.state, o.detail)
+    if report.outcomes:
+        console.print(table)
+    else:
+        console.print("nothing to send")
+    summary = ", ".join(
+        f"{report.count(s)} {s}"
+        for s in ("uploaded", "duplicate", "quarantined", "pending", "failed", "waiting", "would-send")
+        if report.count(s)
+    )
+    if summary:
+        console.print(summary)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _select_jobs(config: Config, names: list[str] | None) -> list:  # type: ignore[type-arg]
+    if not names:
+        return [j for j in config.jobs.values() if j.kind == "send"]
+    missing = [n for n in names if n not in config.jobs]
+    if missing:
+        raise ConfigError(
+            f"{config.path}: no job named {', '.join(missing)}; jobs in {config.jobs_dir}: "
+            f"{', '.join(sorted(config.jobs)) or 'none'}"
+        )
+    return [config.jobs[n] for n in names]
+
+
+@app.command()
+def serve() -> None:
+    """Run the embedded SFTP server that our partners push to (until Ctrl-C or SIGTERM)."""
+    from .server import EmbeddedServer
+
+    config = _config()
+    if config.server is None:
+        raise ConfigError(f"{config.path}: no [server] section; add one to host partners (see docs/configuration.md)")
+
+    async def _serve() -> None:
+        server = EmbeddedServer(config)
+        await server.start()
+        err_console.print(f"serving SFTP on {', '.join(config.server.listen)} port {server.port}")  # type: ignore[union-attr]
+        await server.serve_forever()
+
+    try:
+        asyncio.run(_serve())
+    except KeyboardInterrupt:
+        err_console.print("stopped")
+
+
+@app.command()
+def status(
+    limit: Annotated[int, typer.Option(help="How many recent transfers to show.")] = 30,
+    partner: Annotated[str | None, typer.Option(help="Only this partner.")] = None,
+) -> None:
+    """Show recent transfers and their state."""
+    from .runtime import open_ledger
+
+    config = _config()
+    with open_ledger(config) as ledger:
+        rows = ledger.recent(limit, partner)
+        counts = ledger.counts()
+    if not rows:
+        console.print("no transfers yet")
+        return
+    table = Table("transfer", "partner", "type", "file", "state", "bytes", "updated", "kex", "error", title="transfers")
+    for t in rows:
+        table.add_row(
+            t.id,
+            t.partner,
+            t.document_type,
+            t.source_name,
+            t.state,
+            str(t.plaintext_size or ""),
+            t.updated_at,
+            t.ssh_kex or "",
+            (t.last_error or "")[:60],
+        )
+    console.print(table)
+    console.print(", ".join(f"{p}/{s}: {n}" for (p, s), n in sorted(counts.items())))
+
+
+@keys_app.command("generate")
+def keys_generate(
+    pq: Annotated[
+        bool, typer.Option("--pq", help="RFC 9580 post-quantum keys (ML-KEM-768+X25519, ML-DSA-65+Ed25519).")
+    ] = False,
+    directory: Annotated[
+        Path | None, typer.Option(help="Where to write the keys (default: beside the config's keys).")
+    ] = None,
+    party_id: Annotated[str | None, typer.Option(help="Party id (default: from the config).")] = None,
+    name: Annotated[str | None, typer.Option(help="Party name (default: from the config).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite existing keys.")] = False,
+) -> None:
+    """Create our OpenPGP key and SSH identity (and the embedded server's host key)."""
+    from .keys import generate_keys, passphrase_from_env
+
+    if directory is None or party_id is None or name is None:
+        config = _config()
+        directory = directory or config.keys.openpgp.parent
+        party_id = party_id or config.party.id
+        name = name or config.party.name
+    generated = generate_keys(
+        directory, party_id=party_id, party_name=name, pq=pq, passphrase=passphrase_from_env(), overwrite=force
+    )
+    table = Table("what", "file", "fingerprint", title=f"keys for {party_id}")
+    for row in generated.rows():
+        table.add_row(*row)
+    console.print(table)
+    console.print(generated.compatibility)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Show our keys and every partner's: algorithms, fingerprints, expiry, post-quantum or not."""
+    from .keys import list_keys
+
+    config = _config()
+    rows = list_keys(config, utc_now())
+    table = Table("owner", "kind", "algorithm", "fingerprint", "expires", "post-quantum", "problems", title="keys")
+    bad = False
+    for r in rows:
+        bad = bad or bool(r.problems)
+        table.add_row(
+            r.owner,
+            r.kind,
+            r.algorithm,
+            r.fingerprint,
+            r.expires or "never",
+            "yes" if r.post_quantum else "no",
+            "; ".join(r.problems) or "ok",
+        )
+    console.print(table)
+    if bad:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Where to create the two parties.")] = Path("sftp-pipeline-demo"),
+    size_mb: Annotated[int, typer.Option(help="Size of the sample aggregation file, in MB.")] = 100,
+) -> None:
+    """Two parties on loopback: the aggregator seals and pushes samples into the utility's embedded server."""
+    from .demo import run_demo
+
+    ok = run_demo(directory, size_mb=size_mb, console=console)
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def main() -> None:
+    """Console-script entry point: run the app and map errors to exit codes, in one place."""
+    try:
+        result = app(standalone_mode=False)
+    except PipelineError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except TyperException as exc:  # usage errors: unknown option, missing argument…
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_USAGE)
+    sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("COLUMNS", "160")
+    main()
