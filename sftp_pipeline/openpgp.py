@@ -117,6 +117,10 @@ Purpose = Literal["encrypt", "verify"]
 Cert = pysequoia.Cert
 
 
+# Why 5 minutes: a key made on a machine whose clock runs slightly ahead must still be usable here.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     """One component key (primary or subkey) of a certificate."""
@@ -139,10 +143,6 @@ class KeyInfo:
         not_expired = self.expires is None or self.expires > now
         born = self.created is None or self.created <= now + CLOCK_SKEW
         return not_expired and born and not self.revoked
-
-
-# Why 5 minutes: a key made on a machine whose clock runs slightly ahead must still be usable here.
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -482,7 +482,9 @@ def seal(
     """Sign ``src`` with our key and encrypt it to every recipient, writing binary OpenPGP to ``dst``.
 
     Every recipient and our signing key are checked against the policy first; a refused key
-    raises :class:`KeyPolicyError` before anything is written. On any failure ``dst`` is removed.
+    raises :class:`KeyPolicyError` before anything is written. ``dst`` is overwritten if it exists
+    (callers seal to a temporary name and rename); on any failure it is removed. Pysequoia errors
+    become :class:`CryptoError`.
     """
     if not recipients:
         raise CryptoError(f"sealing {src}: no recipients given")
