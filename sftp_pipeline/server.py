@@ -118,7 +118,10 @@ class _PartnerSFTP(asyncssh.SFTPServer):
         local: bytes = super().map_path(path)
         real = os.path.realpath(local)
         if real != self._root and not real.startswith(self._root + b"/"):
-            log.warning("partner %s: refused path %r: it resolves outside the partner root", self._partner, path)
+            log.warning(
+                "partner %s: refused path %r: it resolves outside the partner root",
+                self._partner, path.decode("utf-8", "replace"),
+            )
             raise asyncssh.SFTPPermissionDenied("path leads outside your directory")
         return local
 
@@ -383,14 +386,16 @@ class _PartnerConnection(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         self._user = username
         if username not in self._owner.login_keys:
-            log.warning("refused login from %s: %r is not a configured partner", self._peer, username)
+            why = "has no ssh_login_keys" if username in self._owner.partner_ids else "is not a configured partner"
+            log.warning("refused login from %s: %r %s", self._peer, username, why)
         elif self._owner.sessions.get(username, 0) >= self._owner.max_sessions:
             self._refuse_busy()
         return True  # always authenticate: returning False would let the user in without a key
 
     def _refuse_busy(self) -> None:
         log.warning(
-            "refused login of partner %s from %s: already %d sessions (server.max_sessions_per_partner)",
+            "refused login of partner %s from %s: it has its %d allowed session(s) open "
+            "(server.max_sessions_per_partner)",
             self._user, self._peer, self._owner.max_sessions,
         )
         assert self._conn is not None
@@ -481,6 +486,7 @@ class EmbeddedServer:
         self._port_wanted = server.port if port is None else port
         self._listen = list(listen if listen is not None else server.listen)
         self.max_sessions = server.max_sessions_per_partner
+        self.partner_ids = frozenset(config.partners)
         self.login_keys: dict[str, frozenset[bytes]] = {}
         self.sessions: dict[str, int] = {}
         self.busy: set[bytes] = set()  # local paths being written: no second writer, no rename, no removal
@@ -670,14 +676,16 @@ class EmbeddedServer:
             log.exception("on_upload failed for %s from partner %s", remote, partner_id)
             return
         if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
+            task = asyncio.ensure_future(self._await_hook(result, partner_id, remote))
             self._hooks.add(task)
-            task.add_done_callback(self._hook_done)
+            task.add_done_callback(self._hooks.discard)
 
-    def _hook_done(self, task: asyncio.Future[Any]) -> None:
-        self._hooks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("on_upload failed", exc_info=task.exception())
+    @staticmethod
+    async def _await_hook(result: Awaitable[None], partner_id: str, remote: str) -> None:
+        try:
+            await result
+        except Exception:
+            log.exception("on_upload failed for %s from partner %s", remote, partner_id)
 
 
 __all__ = ["DIR_MODE", "HOSTED_DIRS", "PICKUP_DIRS", "EmbeddedServer", "UploadHook"]
