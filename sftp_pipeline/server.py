@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 import io
 import logging
@@ -69,6 +70,8 @@ KEEPALIVE_INTERVAL = 30.0
 KEEPALIVE_COUNT_MAX = 3
 # Only SFTP version 3: what OpenSSH, paramiko and asyncssh clients speak; v5/v6 opens add nothing we want.
 SFTP_VERSION = 3
+# What link(2) says on file systems without hard links (some network and FUSE mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 # The caller that marks a close as the client's own CLOSE request (see _PartnerSFTP.close).
 _EXPLICIT_CLOSE_CALLER = "_process_close"
 
@@ -255,7 +258,17 @@ class _PartnerSFTP(asyncssh.SFTPServer):
             raise asyncssh.SFTPPermissionDenied(
                 f"{self._relative(final)} is already delivered; delivered files are immutable"
             ) from None
-        os.unlink(temp)
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            # A file system without hard links: check, then rename (the busy set keeps our own sessions out).
+            if os.path.lexists(final):
+                raise asyncssh.SFTPPermissionDenied(
+                    f"{self._relative(final)} is already delivered; delivered files are immutable"
+                ) from None
+            os.rename(temp, final)
+        else:
+            os.unlink(temp)
         directory = os.open(posixpath.dirname(final), os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(directory)
