@@ -46,7 +46,12 @@ OPENPGP_CERT_NAME = "openpgp.asc"
 SSH_KEY_NAME = "ssh_ed25519"
 HOST_KEY_NAME = "ssh_host_ed25519"
 
-COMPAT_RFC4880 = "GnuPG 2.2 and any RFC 4880 implementation can read this key"
+COMPAT_RFC4880 = (
+    "RFC 4880 (v4) Ed25519/Cv25519: partners using GnuPG 2.2 or any RFC 4880 tool can import this certificate, "
+    "verify our signatures and encrypt to us. Like every Sequoia-made key it advertises SEIPDv2, so a message "
+    "sealed *to* it by Sequoia cannot be decrypted by GnuPG 2.2 — which matters only if you would open our own "
+    "archive copies with GnuPG 2.2; messages we send to a GnuPG-made partner key use SEIPDv1 and open there."
+)
 COMPAT_RFC9580 = (
     "RFC 9580 / post-quantum: partners need Sequoia (sq) or GnuPG ≥ 2.5; GnuPG 2.2 cannot import this key "
     "or read messages sealed to it"

@@ -25,11 +25,18 @@ def partner_gpg(gpg: GnuPG) -> tuple[GnuPG, str]:
 def aggregator_for(tmp_path: Path, sshd: Sshd, partner: tuple[GnuPG, str], **kw: object) -> Party:
     gpg, fpr = partner
     (sshd.root / "inbox").mkdir(exist_ok=True)
-    sftp = {"host": sshd.host, "port": sshd.port, "user": sshd.user, "host_keys": [sshd.host_key_line],
-            "connect_timeout": 10, "attempts": 2}
+    sftp = {
+        "host": sshd.host,
+        "port": sshd.port,
+        "user": sshd.user,
+        "host_keys": [sshd.host_key_line],
+        "connect_timeout": 10,
+        "attempts": 2,
+    }
     sftp.update(kw.pop("sftp_overrides", {}))  # type: ignore[call-overload]
-    party = make_party(tmp_path / "aggregator", "aggregator", partner_id="utility", partner_cert=gpg.export(fpr),
-                       sftp=sftp, **kw)  # type: ignore[arg-type]
+    party = make_party(
+        tmp_path / "aggregator", "aggregator", partner_id="utility", partner_cert=gpg.export(fpr), sftp=sftp, **kw
+    )  # type: ignore[arg-type]
     # Our SSH identity is the one sshd authorises.
     sshd.authorize(party.keys.ssh_public.read_text())
     gpg.import_key(party.keys.openpgp_cert)
@@ -98,8 +105,12 @@ def test_bad_input_is_quarantined_and_the_rest_still_goes(tmp_path: Path, sshd: 
         assert quarantined.exists() or quarantined.is_symlink()  # kept, never deleted
         assert data["message"].startswith(data["file"])
     assert reasons == {
-        "empty.xml": "empty", "huge.xml": "oversize", "link.xml": "symlink", "pipe.xml": "not-regular",
-        "subdir": "not-regular", "outage.xml": "unauthorised-document",
+        "empty.xml": "empty",
+        "huge.xml": "oversize",
+        "link.xml": "symlink",
+        "pipe.xml": "not-regular",
+        "subdir": "not-regular",
+        "outage.xml": "unauthorised-document",
     }
     assert sorted(os.listdir(party.drop_dir("invoice"))) == ["still-writing.xml.part"]  # temporary: untouched
 

@@ -81,7 +81,7 @@ def make_party(
     partner_id: str,
     partner_cert: bytes,
     sftp: dict[str, object] | None = None,
-    server: bool = False,
+    server_port: int | None = None,
     login_keys: list[str] | None = None,
     send_types: list[str] | None = None,
     jobs: dict[str, dict[str, object]] | None = None,
@@ -89,8 +89,9 @@ def make_party(
 ) -> Party:
     """A party folder: keys, config naming one partner, and job files (default: one per document type)."""
     directory.mkdir(parents=True, exist_ok=True)
-    keys = generate_keys(directory / "keys", party_id=party_id, party_name=f"{party_id.title()} Inc.", pq=pq,
-                         passphrase=None)
+    keys = generate_keys(
+        directory / "keys", party_id=party_id, party_name=f"{party_id.title()} Inc.", pq=pq, passphrase=None
+    )
     partners = directory / "keys" / "partners"
     partners.mkdir(exist_ok=True)
     (partners / f"{partner_id}.asc").write_bytes(partner_cert)
@@ -109,16 +110,21 @@ def make_party(
         lines.append(f"\n[partners.{partner_id}.sftp]")
         for key, value in sftp.items():
             lines.append(f"{key} = {_toml(value)}")
-    if server:
-        lines.append('\n[server]\nlisten = ["127.0.0.1"]\nport = 0\n')
+    if server_port is not None:
+        lines.append(f'\n[server]\nlisten = ["127.0.0.1"]\nport = {server_port}\n')
     (directory / "sftp-pipeline.toml").write_text("\n".join(lines) + "\n")
     job_dir = directory / "jobs"
     job_dir.mkdir(exist_ok=True)
     if jobs is None:
         jobs = {f"{t}-out": {"document_type": t} for t in ALL_TYPES}
     for name, job in jobs.items():
-        spec = {"kind": "send", "partner": partner_id, "source": f"../drop/{job['document_type']}",
-                "stable_seconds": 0, **job}
+        spec = {
+            "kind": "send",
+            "partner": partner_id,
+            "source": f"../drop/{job['document_type']}",
+            "stable_seconds": 0,
+            **job,
+        }
         (job_dir / f"{name}.toml").write_text("".join(f"{k} = {_toml(v)}\n" for k, v in spec.items()))
     return Party(party_id, directory, keys)
 
