@@ -37,7 +37,7 @@ class ConfigError(PipelineError):
     exit_code = EXIT_USAGE
 
 
-class KeyError_(PipelineError):  # noqa: N801 - avoid shadowing the builtin KeyError
+class KeyError_(PipelineError):
     """A key file is missing, unreadable, unparsable or readable by others."""
 
     exit_code = EXIT_USAGE

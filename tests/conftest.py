@@ -20,7 +20,8 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 def require_tool(name: str, *candidates: str) -> str:
     """Return the path of the first available executable, or skip (fail in CI) naming what is missing."""
     for candidate in (name, *candidates):
-        found = shutil.which(candidate) or (candidate if os.path.isabs(candidate) and os.access(candidate, os.X_OK) else None)
+        executable = os.path.isabs(candidate) and os.access(candidate, os.X_OK)
+        found = shutil.which(candidate) or (candidate if executable else None)
         if found:
             return found
     message = f"{name} is not installed (apt-get install {'openssh-server' if 'sshd' in name else 'gnupg'})"
