@@ -49,6 +49,7 @@ class Seen:
     mode: int
     size: int
     mtime: float
+    readable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,8 @@ def classify(
         return Decision("wait")
     if not authorised:
         return Decision("quarantine", "unauthorised-document")
+    if not seen.readable:
+        return Decision("quarantine", "unreadable")
     if seen.size == 0:
         return Decision("quarantine", "empty")
     if seen.size > max_bytes:
@@ -88,7 +91,8 @@ def look(directory: Path) -> list[Seen]:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # taken by someone else between listing and stat
-            seen.append(Seen(entry.name, st.st_mode, st.st_size, st.st_mtime))
+            readable = not stat.S_ISREG(st.st_mode) or os.access(entry.path, os.R_OK, follow_symlinks=False)
+            seen.append(Seen(entry.name, st.st_mode, st.st_size, st.st_mtime, readable))
     return sorted(seen, key=lambda s: s.name)
 
 

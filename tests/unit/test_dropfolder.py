@@ -3,7 +3,9 @@ import os
 import stat
 from pathlib import Path
 
-from sftp_pipeline.dropfolder import Seen, classify, quarantine_file, scan
+import pytest
+
+from sftp_pipeline.dropfolder import Seen, classify, look, quarantine_file, scan
 
 REG = stat.S_IFREG | 0o644
 
@@ -24,6 +26,7 @@ def test_classify_decisions() -> None:
     assert decide(Seen("a.xml", stat.S_IFLNK | 0o777, 10, 900.0)) == "quarantine:symlink"
     assert decide(Seen("a.xml", stat.S_IFIFO | 0o644, 0, 900.0)) == "quarantine:not-regular"
     assert decide(Seen("a.xml", REG, 0, 900.0)) == "quarantine:empty"
+    assert decide(Seen("a.xml", REG, 10, 900.0, readable=False)) == "quarantine:unreadable"
     assert decide(Seen("a.xml", REG, 101, 900.0)) == "quarantine:oversize"
     assert decide(Seen("a.xml", REG, 10, 900.0), authorised=False) == "quarantine:unauthorised-document"
 
@@ -61,3 +64,11 @@ def test_quarantine_moves_and_explains(tmp_path: Path) -> None:
     assert target.is_symlink()  # moved as a link, never followed
     note = json.loads(target.with_name(target.name + ".reason.json").read_text())
     assert note["reason"] == "symlink" and "link.xml" in note["message"] and note["job"] == "inv"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file; the decision itself is tested above")
+def test_an_unreadable_file_is_seen_as_such(tmp_path: Path) -> None:
+    locked = tmp_path / "locked.xml"
+    locked.write_text("x")
+    locked.chmod(0)
+    assert [s.readable for s in look(tmp_path)] == [False]
