@@ -59,5 +59,5 @@ def test_serve_accepts_a_partner_upload_and_stops_on_sigterm(tmp_path: Path) -> 
         assert delivered.read_bytes() == b"sealed bytes"
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=STARTUP_TIMEOUT)
+        _out, err = proc.communicate(timeout=STARTUP_TIMEOUT)
     assert proc.returncode == 0, err
