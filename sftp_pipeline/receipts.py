@@ -252,9 +252,9 @@ def _pick_files(files: dict[str, bytes]) -> tuple[str, bytes, bytes | None]:
     return json_name, files[json_name], files.get(sig_name)
 
 
-def _signing_fingerprints(cert: Cert, now: datetime) -> set[str]:
-    info = describe_cert(cert, now)
-    return {k.fingerprint for k in info.keys if k.can_sign}
+def _signing_keys(cert: Cert, now: datetime) -> dict[str, bool]:
+    """Fingerprint of every signing-capable key of ``cert`` → whether it is usable at ``now``."""
+    return {k.fingerprint: k.usable for k in describe_cert(cert, now).keys if k.can_sign}
 
 
 def _check_signature(json_name: str, body: bytes, sig_bytes: bytes | None, issuer_cert: Cert, now: datetime) -> None:
@@ -291,12 +291,20 @@ def _check_signature(json_name: str, body: bytes, sig_bytes: bytes | None, issue
         )
     claimed = (packet.issuer_fingerprint or "").lower()
     key_id = (packet.issuer_key_id or "").lower()
-    signing = _signing_fingerprints(issuer_cert, now)
-    if not (claimed in signing or (not claimed and key_id and any(f.endswith(key_id) for f in signing))):
+    signing = _signing_keys(issuer_cert, now)
+    matches = [f for f in signing if f == claimed or (not claimed and key_id and f.endswith(key_id))]
+    if not matches:
         raise _invalid(
             "wrong-signer",
             json_name,
             f"signed by key {claimed or key_id or '(unnamed)'}, not by the issuer's certificate {issuer}",
+        )
+    # Sequoia judges a key's expiry at signature time; a receipt is checked against the key as it is now.
+    if not any(signing[f] for f in matches):
+        raise _invalid(
+            "bad-signature",
+            json_name,
+            f"signed by subkey {matches[0]} of {issuer}, which is expired or revoked now; ask the issuer to re-sign",
         )
     try:
         sig = pysequoia.Sig.from_bytes(sig_bytes)

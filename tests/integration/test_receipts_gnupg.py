@@ -186,3 +186,52 @@ def test_recipe_is_documented_for_bash_only_tools() -> None:
     assert "jq" not in recipe.split()
     for tool in ("sha256sum", "stat", "date", "gpg"):
         assert tool in recipe
+
+
+def _recipe_files(gpg: GnuPG, tmp_path: Path, received: Path) -> tuple[str, dict[str, bytes]]:
+    files = _run_recipe(
+        gpg,
+        tmp_path,
+        {"RECEIVED_FILE": str(received), "SENDER": SENDER, "RECEIVER": RECEIVER, "STATUS": "oversize"},
+    )
+    return next(iter(files)), files
+
+
+def test_sha1_gpg_signature_is_refused(gpg: GnuPG, tmp_path: Path, received: Path) -> None:
+    receiver_fpr = gpg.generate("Utility <edm@utility.example>", sub_algo=None)
+    json_name, files = _recipe_files(gpg, tmp_path, received)
+    weak = gpg.run("--digest-algo", "SHA1", "--local-user", receiver_fpr, "--detach-sign", input=files[json_name])
+    cert = pysequoia.Cert.from_bytes(gpg.export(receiver_fpr))
+    with pytest.raises(ReceiptInvalid, match="weak hash") as caught:
+        verify_receipt(
+            {json_name: files[json_name], f"{json_name}.sig": weak.stdout},
+            issuer_cert=cert,
+            now=datetime.now(UTC),
+            expected_sender=SENDER,
+            expected_receiver=RECEIVER,
+        )
+    assert caught.value.reason == "bad-signature"
+
+
+def test_signature_by_a_since_expired_subkey_is_refused(gpg: GnuPG, tmp_path: Path, received: Path) -> None:
+    """Sequoia accepts an old signature by a now-expired subkey; a receipt is judged by the key as it is now."""
+    past = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y%m%dT%H%M%S")
+    receiver_fpr = gpg.generate("Utility <edm@utility.example>", sub_algo=None, faked_time=past)
+    gpg.run("--faked-system-time", past, "--quick-add-key", receiver_fpr, "ed25519", "sign", "1d")
+    listing = gpg.run("--with-colons", "--list-keys", receiver_fpr).stdout.decode().splitlines()
+    subkey = [line.split(":")[9] for line in listing if line.startswith("fpr:")][1]
+    json_name = f"{received.name.split('.')[0]}.receipt.json"
+    body = b"{}"  # content is never reached: the key check comes first
+    sig = gpg.run("--faked-system-time", past, "--local-user", f"{subkey}!", "--detach-sign", input=body).stdout
+    cert = pysequoia.Cert.from_bytes(gpg.export(receiver_fpr))
+    with pytest.raises(ReceiptInvalid) as caught:
+        verify_receipt(
+            {json_name: body, f"{json_name}.sig": sig},
+            issuer_cert=cert,
+            now=datetime.now(UTC),
+            expected_sender=SENDER,
+            expected_receiver=RECEIVER,
+        )
+    assert caught.value.reason == "bad-signature"
+    assert f"subkey {subkey.lower()}" in str(caught.value)
+    assert "expired or revoked now" in str(caught.value)
