@@ -348,3 +348,18 @@ def test_rejected_receipt_verifies(receiver_key: SigningKey) -> None:
         None,
         "no such key",
     )
+
+
+def test_post_quantum_issuer_round_trip() -> None:
+    """An RFC 9580 issuer key (ML-DSA-65+Ed25519, v6 signatures and 64-hex fingerprints) works the same."""
+    tsk = pysequoia.Tsk.generate(
+        "Utility (pq)", profile=pysequoia.Profile.RFC9580, cipher_suite=pysequoia.CipherSuite.MLDSA65_Ed25519
+    )
+    key = SigningKey(tsk.extract_certificate(), tsk.signer())
+    receipt = _accepted(sender_key_fingerprint="ef" * 32)
+    files = sign_receipt(receipt, key)
+    assert _verify(files, key.cert) == receipt
+    other = pysequoia.Tsk.generate("Utility (classic)").extract_certificate()
+    with pytest.raises(ReceiptInvalid) as caught:
+        _verify(files, other)
+    assert caught.value.reason == "wrong-signer"
