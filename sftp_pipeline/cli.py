@@ -104,7 +104,7 @@ def send(
     from .runtime import open_runtime
 
     config = _config()
-    selected = _select_jobs(config, jobs)
+    selected = config.jobs_of("send", jobs)
     with open_runtime(config) as rt:
         progress = Progress(
             TextColumn("{task.description}"),
@@ -138,18 +138,6 @@ def send(
         console.print(summary)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
-
-
-def _select_jobs(config: Config, names: list[str] | None) -> list:  # type: ignore[type-arg]
-    if not names:
-        return [j for j in config.jobs.values() if j.kind == "send"]
-    missing = [n for n in names if n not in config.jobs]
-    if missing:
-        raise ConfigError(
-            f"{config.path}: no job named {', '.join(missing)}; jobs in {config.jobs_dir}: "
-            f"{', '.join(sorted(config.jobs)) or 'none'}"
-        )
-    return [config.jobs[n] for n in names]
 
 
 @app.command()

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -148,19 +149,42 @@ class Limits(_Model):
     max_document_bytes: int = Field(default=DEFAULT_MAX_DOCUMENT_BYTES, gt=0)
 
 
-class Job(_Model):
-    """One job file: for now, a ``send`` job from a drop folder to one partner."""
-
+class _JobBase(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    kind: Literal["send"]
     partner: PartyId
+    schedule: str | None = None
+    timezone: str = "UTC"
+
+
+class SendJob(_JobBase):
+    """Seal what is dropped in ``source`` and upload it to ``partner`` as ``document_type``."""
+
+    kind: Literal["send"]
     document_type: DocumentType
     source: Path
     pattern: str = "*"
     max_document_bytes: int | None = Field(default=None, gt=0)
     stable_seconds: float = Field(default=DEFAULT_STABLE_SECONDS, ge=0)
-    schedule: str | None = None
-    timezone: str = "UTC"
+
+
+class CollectJob(_JobBase):
+    """Take the partner's documents, open and verify them, deliver plaintext to ``deliver_to``, answer with receipts."""
+
+    kind: Literal["collect"]
+    deliver_to: Path
+    # Why per type sub-folders: settlement systems import invoices and outage notices from different places.
+    per_type_folders: bool = True
+    max_document_bytes: int | None = Field(default=None, gt=0)
+
+
+class ReceiptsJob(_JobBase):
+    """Pull the partner's signed receipts for what we sent, verify them and settle the ledger."""
+
+    kind: Literal["receipts"]
+
+
+Job = Annotated[SendJob | CollectJob | ReceiptsJob, Field(discriminator="kind")]
+_JOB_ADAPTER: TypeAdapter[SendJob | CollectJob | ReceiptsJob] = TypeAdapter(Job)
 
 
 class Config(_Model):
@@ -198,6 +222,19 @@ class Config(_Model):
             return self.partners[partner_id]
         except KeyError:
             raise ConfigError(f"{self.path}: no partner {partner_id!r} is configured") from None
+
+    def jobs_of(self, kind: str, names: list[str] | None = None) -> list[Any]:
+        """The jobs of one kind, all or the named ones (a name of another kind or unknown is an error)."""
+        if not names:
+            return [j for j in self.jobs.values() if j.kind == kind]
+        wrong = [n for n in names if n not in self.jobs or self.jobs[n].kind != kind]
+        if wrong:
+            mine = sorted(n for n, j in self.jobs.items() if j.kind == kind)
+            raise ConfigError(
+                f"{self.path}: no {kind} job named {', '.join(wrong)}; {kind} jobs in {self.jobs_dir}: "
+                f"{', '.join(mine) or 'none'}"
+            )
+        return [self.jobs[n] for n in names]
 
     def hosted_root(self, partner_id: str) -> Path:
         """The directory our embedded server (or our OpenSSH) serves to ``partner_id``."""
@@ -270,13 +307,14 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
-def load_job(path: Path) -> Job:
+def load_job(path: Path) -> SendJob | CollectJob | ReceiptsJob:
     raw = _read_toml(path)
     raw.setdefault("name", path.stem)
-    if isinstance(raw.get("source"), str):
-        raw["source"] = str(_resolve(path.parent, Path(raw["source"])))
+    for key in ("source", "deliver_to"):
+        if isinstance(raw.get(key), str):
+            raw[key] = str(_resolve(path.parent, Path(raw[key])))
     try:
-        return Job.model_validate(raw)
+        return _JOB_ADAPTER.validate_python(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(path, exc)) from None
 
@@ -294,7 +332,7 @@ def load_config(path: str | Path) -> Config:
         pass
     elif isinstance(raw["server"], dict) and "root" not in raw["server"]:
         raw["server"]["root"] = str(path.parent / "sftp-root")
-    jobs: dict[str, Job] = {}
+    jobs: dict[str, SendJob | CollectJob | ReceiptsJob] = {}
     jobs_dir = Path(raw["jobs_dir"])
     if jobs_dir.is_dir():
         for job_file in sorted(jobs_dir.glob("*.toml")):

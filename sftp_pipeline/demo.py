@@ -204,7 +204,7 @@ async def _push(utility: Config, agg_dir: Path) -> tuple[SendReport, Config]:
         aggregator = load_config(agg_dir / "sftp-pipeline.toml")
         with open_runtime(aggregator) as rt:
             outbound = Outbound(aggregator, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
-            report = await outbound.run(list(aggregator.jobs.values()))
+            report = await outbound.run(aggregator.jobs_of("send"))
     return report, aggregator
 
 

@@ -22,7 +22,7 @@ from typing import Protocol
 from pysequoia import Cert
 
 from .clock import Clock, utc_now
-from .config import Config, Job, Partner
+from .config import Config, Partner, SendJob
 from .dropfolder import fsync_dir, move_into, quarantine_file, scan
 from .errors import CryptoError, KeyPolicyError, PermanentTransportError, PipelineError, TransportError
 from .faults import crash_point
@@ -105,9 +105,9 @@ class Outbound:
 
     # -- the run --------------------------------------------------------------------------------------
 
-    async def run(self, jobs: list[Job], *, dry_run: bool = False, retry_failed: bool = False) -> SendReport:
+    async def run(self, jobs: list[SendJob], *, dry_run: bool = False, retry_failed: bool = False) -> SendReport:
         report = SendReport()
-        by_partner: dict[str, list[Job]] = {}
+        by_partner: dict[str, list[SendJob]] = {}
         for job in jobs:
             by_partner.setdefault(job.partner, []).append(job)
         for partner_id, partner_jobs in by_partner.items():
@@ -115,7 +115,7 @@ class Outbound:
         return report
 
     async def _run_partner(
-        self, partner: Partner, jobs: list[Job], report: SendReport, dry_run: bool, retry_failed: bool
+        self, partner: Partner, jobs: list[SendJob], report: SendReport, dry_run: bool, retry_failed: bool
     ) -> None:
         if dry_run:
             for job in jobs:
@@ -139,7 +139,7 @@ class Outbound:
         finally:
             await runner.close()
 
-    def _preview(self, job: Job, partner: Partner, report: SendReport) -> None:
+    def _preview(self, job: SendJob, partner: Partner, report: SendReport) -> None:
         intake = scan(
             job.source,
             pattern=job.pattern,
@@ -152,12 +152,12 @@ class Outbound:
         for seen, reason in intake.quarantine:
             report.outcomes.append(Outcome(job.name, seen.name, None, "would-quarantine", reason))
 
-    def _max_bytes(self, job: Job) -> int:
+    def _max_bytes(self, job: SendJob) -> int:
         return job.max_document_bytes or self.config.limits.max_document_bytes
 
     # -- intake ---------------------------------------------------------------------------------------
 
-    def _intake(self, job: Job, partner: Partner, report: SendReport) -> list[Transfer]:
+    def _intake(self, job: SendJob, partner: Partner, report: SendReport) -> list[Transfer]:
         intake = scan(
             job.source,
             pattern=job.pattern,
@@ -182,7 +182,7 @@ class Outbound:
                 claimed.append(transfer)
         return claimed
 
-    def _claim(self, job: Job, source: Path) -> Transfer | None:
+    def _claim(self, job: SendJob, source: Path) -> Transfer | None:
         transfer_id = new_transfer_id(self.clock())
         remote = sealed_name(transfer_id, job.document_type, source.name)
         work = self.work_dir / transfer_id

@@ -63,7 +63,7 @@ def test_aggregator_pushes_into_the_utility_embedded_server(tmp_path: Path) -> N
             config = aggregator.config()
             with open_runtime(config) as rt:
                 report = await Outbound(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run(
-                    list(config.jobs.values())
+                    config.jobs_of("send")
                 )
             assert report.ok and report.count("uploaded") == 2
 

@@ -51,7 +51,7 @@ class Party:
 
     def send(self, *jobs: str) -> SendReport:
         config = self.config()
-        selected = [config.jobs[j] for j in jobs] if jobs else list(config.jobs.values())
+        selected = config.jobs_of("send", list(jobs))
 
         async def run() -> SendReport:
             with open_runtime(config) as rt:
