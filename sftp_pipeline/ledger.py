@@ -2,8 +2,9 @@
 
 State machine of an outbound transfer::
 
-    claimed ──▶ sealed ──▶ uploaded ──▶ (receipted | rejected | mismatch | invalid-receipt)  [inbound issue]
-       │           │
+    claimed ──▶ sealed ──▶ uploaded ──▶ receipted | rejected | mismatch | invalid-receipt
+       │           │                                                      │ (a later valid receipt
+       │           │                                                      └──▶ still settles it)
        ├──▶ duplicate (same name + same content already sent to this partner)
        └──▶ failed ◀┘  (permanent error; ``send --retry-failed`` puts it back)
 
@@ -11,6 +12,10 @@ A transient error leaves the state unchanged with ``last_error`` and
 ``attempts`` set, so the next run picks the document up again. Every
 transition is one transaction that also appends to ``events``; the
 transition table is a pure function (:func:`check_transition`).
+
+Inbound documents (``inbound``: received → accepted | rejected, keyed by the
+partner and *their* transfer id) and the receipts partners send us
+(``receipts``, one row per receipt whatever our verdict) live beside it.
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ _TRANSITIONS: dict[str, frozenset[str]] = {
     "claimed": frozenset({"sealed", "failed", "duplicate"}),
     "sealed": frozenset({"uploaded", "failed"}),
     "uploaded": frozenset(RECEIPT_STATES),
+    # A forged or broken receipt proves nothing either way; a later valid receipt still settles the transfer.
+    "invalid-receipt": frozenset({"receipted", "rejected", "mismatch"}),
     "failed": frozenset({"claimed", "sealed"}),
     "duplicate": frozenset(),
     "receipted": frozenset(),
     "rejected": frozenset(),
     "mismatch": frozenset(),
-    "invalid-receipt": frozenset(),
 }
 
 _SCHEMA = """
@@ -81,6 +87,13 @@ CREATE TABLE IF NOT EXISTS transfers (
     uploaded_at TEXT,
     failed_at TEXT,
     archived_at TEXT,
+    receipt_status TEXT,
+    partner_received_at TEXT,
+    partner_validated_at TEXT,
+    receipted_at TEXT,
+    rejected_at TEXT,
+    mismatch_at TEXT,
+    invalid_receipt_at TEXT,
     updated_at TEXT NOT NULL
 );
 -- The same name and content to the same partner is sent once: enforced here, race-free.
@@ -96,6 +109,51 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_transfer ON events (transfer_id, seq);
+-- Documents partners sent us. Keyed by (partner, transfer id): ids are the sender's, not ours.
+CREATE TABLE IF NOT EXISTS inbound (
+    partner TEXT NOT NULL,
+    transfer_id TEXT NOT NULL,
+    job TEXT,
+    remote_name TEXT NOT NULL,
+    document_type TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('received', 'accepted', 'rejected')),
+    ciphertext_sha256 TEXT NOT NULL,
+    ciphertext_size INTEGER NOT NULL,
+    plaintext_sha256 TEXT,
+    plaintext_size INTEGER,
+    sender_key_fingerprint TEXT,
+    status TEXT,
+    detail TEXT,
+    engine TEXT,
+    received_at TEXT NOT NULL,
+    validated_at TEXT,
+    archive_path TEXT,
+    delivered_path TEXT,
+    receipt_json BLOB,
+    receipt_sig BLOB,
+    receipt_sent_at TEXT,
+    source_removed_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (partner, transfer_id)
+);
+-- Receipts partners sent us for what we sent, with our verdict on each; kept whatever the verdict.
+CREATE TABLE IF NOT EXISTS receipts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    partner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    transfer_id TEXT,
+    verdict TEXT NOT NULL,
+    reason TEXT,
+    status TEXT,
+    received_at TEXT,
+    validated_at TEXT,
+    stored_path TEXT,
+    receipt_json BLOB,
+    receipt_sig BLOB,
+    fetched_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS receipts_transfer ON receipts (partner, transfer_id);
 """
 
 
@@ -132,9 +190,45 @@ class Transfer:
     uploaded_at: str | None
     failed_at: str | None
     archived_at: str | None
+    receipt_status: str | None
+    partner_received_at: str | None
+    partner_validated_at: str | None
+    receipted_at: str | None
+    rejected_at: str | None
+    mismatch_at: str | None
+    invalid_receipt_at: str | None
     updated_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    partner: str
+    transfer_id: str
+    job: str | None
+    remote_name: str
+    document_type: str
+    state: str
+    ciphertext_sha256: str
+    ciphertext_size: int
+    plaintext_sha256: str | None
+    plaintext_size: int | None
+    sender_key_fingerprint: str | None
+    status: str | None
+    detail: str | None
+    engine: str | None
+    received_at: str
+    validated_at: str | None
+    archive_path: str | None
+    delivered_path: str | None
+    receipt_json: bytes | None
+    receipt_sig: bytes | None
+    receipt_sent_at: str | None
+    source_removed_at: str | None
+    created_at: str
+    updated_at: str
+
+
+_INBOUND_COLUMNS = tuple(f.name for f in fields(Inbound))
 _COLUMNS = tuple(f.name for f in fields(Transfer))
 
 
@@ -188,7 +282,6 @@ class Ledger:
     def now(self) -> str:
         return rfc3339(self._clock())
 
-
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -233,8 +326,19 @@ class Ledger:
                 """INSERT INTO transfers (id, direction, partner, job, document_type, source_name, source_path,
                        work_path, remote_name, state, created_at, claimed_at, updated_at)
                    VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, 'claimed', ?, ?, ?)""",
-                (transfer_id, partner, job, document_type, source_name, source_path, work_path, remote_name,
-                 now, now, now),
+                (
+                    transfer_id,
+                    partner,
+                    job,
+                    document_type,
+                    source_name,
+                    source_path,
+                    work_path,
+                    remote_name,
+                    now,
+                    now,
+                    now,
+                ),
             )
             self._event(db, transfer_id, now, "claimed", source_path)
         return self.get(transfer_id)
@@ -293,6 +397,133 @@ class Ledger:
                 current = db.execute("SELECT state FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
                 self._event(db, transfer_id, now, current["state"], detail)
         return self.get(transfer_id)
+
+    # -- inbound ------------------------------------------------------------------------------------
+
+    def receive(
+        self,
+        *,
+        partner: str,
+        transfer_id: str,
+        job: str,
+        remote_name: str,
+        document_type: str,
+        ciphertext_sha256: str,
+        ciphertext_size: int,
+        received_at: str,
+        archive_path: str,
+    ) -> Inbound:
+        """Record a partner's document as received (before it is opened); the caller checks for a prior one."""
+        now = self.now()
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO inbound (partner, transfer_id, job, remote_name, document_type, state,
+                       ciphertext_sha256, ciphertext_size, received_at, archive_path, created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?)""",
+                (
+                    partner,
+                    transfer_id,
+                    job,
+                    remote_name,
+                    document_type,
+                    ciphertext_sha256,
+                    ciphertext_size,
+                    received_at,
+                    archive_path,
+                    now,
+                    now,
+                ),
+            )
+        return self.inbound(partner, transfer_id)  # type: ignore[return-value]
+
+    def update_inbound(self, partner: str, transfer_id: str, **values: Any) -> Inbound:
+        unknown = set(values) - set(_INBOUND_COLUMNS)
+        if unknown:
+            raise LedgerError(f"unknown inbound columns: {', '.join(sorted(unknown))}")
+        if values.get("state") not in (None, "accepted", "rejected"):
+            raise LedgerError(f"illegal inbound state {values['state']}")
+        values["updated_at"] = self.now()
+        with self._tx() as db:
+            assignments = ", ".join(f"{column} = ?" for column in values)
+            db.execute(
+                f"UPDATE inbound SET {assignments} WHERE partner = ? AND transfer_id = ?",  # noqa: S608
+                (*values.values(), partner, transfer_id),
+            )
+        found = self.inbound(partner, transfer_id)
+        if found is None:
+            raise LedgerError(f"no inbound document {transfer_id} from {partner} in {self.path}")
+        return found
+
+    def inbound(self, partner: str, transfer_id: str) -> Inbound | None:
+        rows = self._rows("SELECT * FROM inbound WHERE partner = ? AND transfer_id = ?", (partner, transfer_id))
+        return Inbound(**{c: rows[0][c] for c in _INBOUND_COLUMNS}) if rows else None
+
+    def inbound_unfinished(self, partner: str) -> list[Inbound]:
+        """Inbound documents a run must finish: not yet opened, receipt not sent, or source not removed."""
+        rows = self._rows(
+            """SELECT * FROM inbound WHERE partner = ? AND (state = 'received' OR receipt_sent_at IS NULL
+               OR source_removed_at IS NULL) ORDER BY transfer_id""",
+            (partner,),
+        )
+        return [Inbound(**{c: r[c] for c in _INBOUND_COLUMNS}) for r in rows]
+
+    def inbound_recent(self, limit: int = 50, partner: str | None = None) -> list[Inbound]:
+        query, params = "SELECT * FROM inbound", []
+        if partner:
+            query += " WHERE partner = ?"
+            params.append(partner)
+        rows = self._rows(query + " ORDER BY received_at DESC LIMIT ?", [*params, limit])
+        return [Inbound(**{c: r[c] for c in _INBOUND_COLUMNS}) for r in rows]
+
+    # -- receipts for what we sent -----------------------------------------------------------------
+
+    def record_receipt(
+        self,
+        *,
+        partner: str,
+        name: str,
+        transfer_id: str | None,
+        verdict: str,
+        reason: str | None = None,
+        status: str | None = None,
+        received_at: str | None = None,
+        validated_at: str | None = None,
+        stored_path: str | None = None,
+        receipt_json: bytes | None = None,
+        receipt_sig: bytes | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO receipts (partner, name, transfer_id, verdict, reason, status, received_at,
+                       validated_at, stored_path, receipt_json, receipt_sig, fetched_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    partner,
+                    name,
+                    transfer_id,
+                    verdict,
+                    reason,
+                    status,
+                    received_at,
+                    validated_at,
+                    stored_path,
+                    receipt_json,
+                    receipt_sig,
+                    self.now(),
+                ),
+            )
+
+    def receipts_for(self, partner: str, transfer_id: str) -> list[dict[str, Any]]:
+        rows = self._rows(
+            "SELECT * FROM receipts WHERE partner = ? AND transfer_id = ? ORDER BY seq", (partner, transfer_id)
+        )
+        return [dict(r) for r in rows]
+
+    def find_outbound(self, partner: str, transfer_id: str) -> Transfer | None:
+        rows = self._rows(
+            "SELECT * FROM transfers WHERE id = ? AND partner = ? AND direction = 'out'", (transfer_id, partner)
+        )
+        return _to_transfer(rows[0]) if rows else None
 
     # -- queries ----------------------------------------------------------------------------------
 
