@@ -23,7 +23,12 @@ def test_the_shipped_example_loads(tmp_path: Path) -> None:
     partner = config.partner("utility")
     assert partner.openpgp_cert == tmp_path / "keys" / "partners" / "utility.asc"
     assert partner.sftp is not None and partner.sftp.attempts == 3 and partner.sftp.dirs.inbox == "inbox"
-    assert set(config.jobs) == {"invoices-to-utility", "aggregation-to-utility"}
+    assert set(config.jobs) == {
+        "invoices-to-utility",
+        "aggregation-to-utility",
+        "collect-from-utility",
+        "receipts-from-utility",
+    }
     assert config.jobs["invoices-to-utility"].source == Path("/srv/sftp-pipeline/drop/invoices")
 
 
