@@ -254,26 +254,52 @@ def _oversize(src: Path, max_output: int) -> OpenRejected:
 # ------------------------------------------------------------------------------------------- GnuPG
 
 
+class _GnuPGCannot(Exception):
+    """GnuPG cannot hold our key (an RFC 9580 key in GnuPG 2.2): open with Sequoia instead."""
+
+
+def _private_file(home: Path, name: str, text: str) -> Path:
+    path = home / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return path
+
+
 @contextlib.contextmanager
-def _gnupg_home(gpg: str, keys: OurKeys, sender: Cert) -> Iterator[Path]:
+def _gnupg_home(gpg: str, keys: OurKeys, sender: Cert) -> Iterator[tuple[Path, list[str]]]:
+    """A throw-away GNUPGHOME with our secret key and this partner's certificate only; yields (home, base argv)."""
     home = Path(tempfile.mkdtemp(prefix="sp-open-"))  # short path: gpg-agent's socket must fit 108 bytes
     try:
         os.chmod(home, stat.S_IRWXU)
-        secret = home / "our.key"
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(keys.tsk))
-        cert = home / "sender.asc"
-        cert.write_text(str(sender))
+        passphrase = keys._openpgp_passphrase
+        # The passphrase goes through a 0600 file in the 0700 home, never the command line (ps would show it).
+        pass_file = _private_file(home, "passphrase", passphrase.reveal() if passphrase else "")
+        base = [
+            gpg,
+            "--homedir",
+            str(home),
+            "--batch",
+            "--no-tty",
+            "--no-options",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-file",
+            str(pass_file),
+        ]
+        secret = _private_file(home, "our.key", str(keys.tsk))
+        cert = _private_file(home, "sender.asc", str(sender))
         for path in (secret, cert):
-            subprocess.run(
-                [*_gpg_base(gpg, home, keys), "--import", str(path)],
+            done = subprocess.run(
+                [*base, "--status-fd", "1", "--import", str(path)],
                 capture_output=True,
                 timeout=GPG_SETUP_TIMEOUT,
                 check=False,
             )
+            if path == secret and b"IMPORT_OK" not in done.stdout:
+                raise _GnuPGCannot(done.stderr.decode("utf-8", "replace"))
         secret.unlink()
-        yield home
+        yield home, base
     finally:
         gpgconf = shutil.which("gpgconf")
         if gpgconf:
@@ -284,22 +310,6 @@ def _gnupg_home(gpg: str, keys: OurKeys, sender: Cert) -> Iterator[Path]:
                 check=False,
             )
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _gpg_base(gpg: str, home: Path, keys: OurKeys) -> list[str]:
-    passphrase = keys._openpgp_passphrase
-    return [
-        gpg,
-        "--homedir",
-        str(home),
-        "--batch",
-        "--no-tty",
-        "--no-options",
-        "--pinentry-mode",
-        "loopback",
-        "--passphrase",
-        passphrase.reveal() if passphrase else "",
-    ]
 
 
 def _status(lines: list[list[str]], keyword: str) -> list[list[str]]:
@@ -361,10 +371,10 @@ def _judge_gnupg(
 def _open_gnupg(
     src: Path, part: Path, keys: OurKeys, sender: Cert, now: datetime, max_output: int, gpg: str
 ) -> tuple[str, str | None]:
-    with _gnupg_home(gpg, keys, sender) as home:
+    with _gnupg_home(gpg, keys, sender) as (_home, base):
         status_r, status_w = os.pipe()
         cmd = [
-            *_gpg_base(gpg, home, keys),
+            *base,
             "--status-fd",
             str(status_w),
             "--trust-model",
@@ -395,15 +405,15 @@ def _open_gnupg(
 # ------------------------------------------------------------------------------------------- Sequoia
 
 
-def _open_sequoia(src: Path, part: Path, keys: OurKeys, sender: Cert, max_output: int) -> str:
+def _open_sequoia(src: Path, part: Path, keys: OurKeys, sender: Cert, now: datetime, max_output: int) -> str:
     """pysequoia writes into a FIFO that ``head -c`` drains into ``part``: the cap holds while it streams.
 
     (A Python reader thread would deadlock: pysequoia holds the GIL while it writes.)
     """
     head = shutil.which("head") or "/usr/bin/head"
     sender_fpr = sender.fingerprint.lower()
-    sender_ids = {k.fingerprint[-16:] for k in describe_cert(sender, datetime.now(UTC)).keys}
-    sender_ids |= {k.fingerprint for k in describe_cert(sender, datetime.now(UTC)).keys}
+    fingerprints = [k.fingerprint for k in describe_cert(sender, now).keys]
+    sender_ids = {*fingerprints, *(f[-16:] for f in fingerprints)}  # store() gets key ids (v4) or fingerprints
     asked: list[str] = []
 
     def store(ids: list[str]) -> list[Cert]:
@@ -413,17 +423,25 @@ def _open_sequoia(src: Path, part: Path, keys: OurKeys, sender: Cert, max_output
     fifo_dir = Path(tempfile.mkdtemp(prefix="sp-open-"))
     fifo = fifo_dir / "plaintext"
     os.mkfifo(fifo, 0o600)
+    error: Exception | None = None
     try:
-        with part.open("xb") as out:
-            drain = subprocess.Popen([head, "-c", str(max_output + 1), str(fifo)], stdout=out)
-        error: Exception | None = None
+        # ``head`` gets the read end before anyone writes; we hold a write end until pysequoia is done, so
+        # ``head`` sees end-of-file only then (never early, never blocked forever if pysequoia never opens it).
+        read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        write_fd = os.open(fifo, os.O_WRONLY)
+        os.set_blocking(read_fd, True)
+        try:
+            with part.open("xb") as out:
+                drain = subprocess.Popen([head, "-c", str(max_output + 1)], stdin=read_fd, stdout=out)
+        finally:
+            os.close(read_fd)  # once ``head`` stops at the cap, pysequoia's next write fails (EPIPE)
         try:
             result = pysequoia.decrypt_file(os.fspath(src), os.fspath(fifo), decryptor=keys.decryptor(), store=store)
         except Exception as exc:  # pysequoia raises bare RuntimeError/ValueError; classified below
             error = exc
-        with contextlib.suppress(OSError):  # unblock ``head`` if pysequoia never opened the FIFO
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        drain.wait(timeout=GPG_SETUP_TIMEOUT)
+        finally:
+            os.close(write_fd)
+            drain.wait(timeout=GPG_SETUP_TIMEOUT)
     finally:
         shutil.rmtree(fifo_dir, ignore_errors=True)
     if part.stat().st_size > max_output:
@@ -475,12 +493,15 @@ def open_message(
     try:
         shape = _shape(src)
         _check_sender(sender, now, src)
-        if shape.seipd_version == 1 and gpg:
-            algorithms, name = _open_gnupg(src, part, keys, sender, now, max_output, gpg)
-            engine: Engine = "gnupg"
-        else:
-            algorithms, name = _open_sequoia(src, part, keys, sender, max_output), None
-            engine = "sequoia"
+        engine: Engine = "gnupg" if shape.seipd_version == 1 and gpg else "sequoia"
+        if gpg and engine == "gnupg":
+            try:
+                algorithms, name = _open_gnupg(src, part, keys, sender, now, max_output, gpg)
+            except _GnuPGCannot:
+                part.unlink(missing_ok=True)
+                engine = "sequoia"
+        if engine == "sequoia":
+            algorithms, name = _open_sequoia(src, part, keys, sender, now, max_output), None
         digest, size = _sha256(part)
         os.replace(part, dst)
     except OpenRejected:
