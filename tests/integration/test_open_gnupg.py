@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -175,7 +178,34 @@ def test_mutations(gpg: GnuPG, us: OurKeys, partner, doc: Path, tmp_path: Path, 
     _reject(tmp_path / "bad.pgp", tmp_path, us, cert, status)
 
 
-def test_compression_bomb_is_capped(gpg: GnuPG, us: OurKeys, partner, tmp_path: Path) -> None:
+# Opens the bomb in a fresh interpreter, so that its peak and its children's (gpg) peak are this call's alone.
+_BOMB_CHILD = """
+import json, resource, sys
+from datetime import UTC, datetime
+from pathlib import Path
+import pysequoia
+from sftp_pipeline import errors
+from sftp_pipeline.openpgp_open import open_message
+from tests.integration.test_open_gnupg import _our_keys
+tmp = Path(sys.argv[1])
+us = _our_keys(pysequoia.Tsk.from_bytes((tmp / "us.key").read_bytes()), tmp)
+sender = pysequoia.Cert.from_bytes((tmp / "sender.asc").read_bytes())
+try:
+    open_message(tmp / "bomb.pgp", tmp / "out.bin", keys=us, sender=sender, now=datetime.now(UTC),
+                 max_output=int(sys.argv[2]))
+    status = "accepted"
+except errors.OpenRejected as exc:
+    status = exc.status
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"status": status, "peak_mib": int(hwm.split()[1]) / 1024,
+                  "child_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                  "left": sorted(p.name for p in tmp.iterdir() if "out" in p.name)}))
+"""
+# Why 150 MiB: the interpreter with pysequoia is ~60 MiB and gpg streams in ~10 MiB; the bomb expands to 200 MB.
+BOMB_MAX_PEAK_MIB = 150
+
+
+def test_compression_bomb_is_capped_in_bounded_memory(gpg: GnuPG, us: OurKeys, partner, tmp_path: Path) -> None:
     fpr, cert = partner
     zeros = tmp_path / "zeros"
     with zeros.open("wb") as fh:
@@ -183,7 +213,28 @@ def test_compression_bomb_is_capped(gpg: GnuPG, us: OurKeys, partner, tmp_path: 
     gpg.sign_encrypt(zeros, tmp_path / "bomb.pgp", us.fingerprint, signer_fpr=fpr, extra=["--compress-level", "9"])
     zeros.unlink()
     assert (tmp_path / "bomb.pgp").stat().st_size < 1_000_000
-    _reject(tmp_path / "bomb.pgp", tmp_path, us, cert, "oversize")
+    (tmp_path / "us.key").write_text(str(us.tsk))
+    (tmp_path / "sender.asc").write_text(str(cert))
+    out = subprocess.run(
+        [sys.executable, "-c", _BOMB_CHILD, str(tmp_path), str(MAX_OUTPUT)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    result = json.loads(out.stdout)
+    assert result["status"] == "oversize"
+    assert result["left"] == []
+    assert result["peak_mib"] < BOMB_MAX_PEAK_MIB, result
+    assert result["child_peak_mib"] < BOMB_MAX_PEAK_MIB, result
+
+
+def test_without_integrity_protection(gpg: GnuPG, us: OurKeys, partner, doc: Path, tmp_path: Path) -> None:
+    fpr, cert = partner
+    gpg.sign_encrypt(doc, tmp_path / "m.pgp", us.fingerprint, signer_fpr=fpr, extra=["--rfc2440"])
+    assert "tag=9" in gpg.list_packets(tmp_path / "m.pgp")  # SED: encrypted without an MDC
+    _reject(tmp_path / "m.pgp", tmp_path, us, cert, "integrity-missing")
 
 
 def test_sha1_signature(gpg: GnuPG, us: OurKeys, partner, doc: Path, tmp_path: Path) -> None:
