@@ -105,6 +105,9 @@ _UNENCRYPTED_STARTS = frozenset({2, 4, 8, 11})  # signature, one-pass signature,
 _ARMOR_START = b"-----BEGIN PGP"
 # GnuPG 2.2 reports ``--max-output`` only on stderr ("exceeded --max-output limit"), with no status line.
 _GPG_OVERSIZE = "exceeded --max-output"
+# VALIDSIG carries 10 fields after the keyword, the last the primary key's fingerprint (GnuPG doc/DETAILS).
+_VALIDSIG_FIELDS = 11
+_AEAD_NAMES = {1: "EAX", 2: "OCB", 3: "GCM"}
 
 Engine = Literal["sequoia", "gnupg"]
 
@@ -128,6 +131,8 @@ class Opened:
 class _Shape:
     seipd_version: int
     recipients: int
+    cipher: int | None = None  # visible in SEIPDv2 only (v1 hides it in the session key)
+    aead: int | None = None
 
 
 def _read_exact(fh: BinaryIO, n: int) -> bytes:
@@ -203,6 +208,10 @@ def _shape(src: Path) -> _Shape:
                     )
                 if version not in (1, 2):
                     raise OpenRejected(MALFORMED, f"{src}: unknown SEIPD version {version}")
+                if version == 2:
+                    fh.seek(start + 1)
+                    cipher, aead = _read_exact(fh, 2)
+                    return _Shape(version, recipients, cipher, aead)
                 return _Shape(version, recipients)
             elif tag == _SED and recipients:
                 raise OpenRejected(
@@ -312,6 +321,13 @@ def _gnupg_home(gpg: str, keys: OurKeys, sender: Cert) -> Iterator[tuple[Path, l
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _gpg_time(field: str) -> datetime:
+    """GnuPG writes times as seconds since the epoch, or ISO 8601 ``20260101T120000`` in some modes."""
+    if "T" in field:
+        return datetime.strptime(field, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    return datetime.fromtimestamp(int(field), UTC)
+
+
 def _status(lines: list[list[str]], keyword: str) -> list[list[str]]:
     return [line for line in lines if line and line[0] == keyword]
 
@@ -352,15 +368,17 @@ def _judge_gnupg(
     valid = _status(lines, "VALIDSIG")
     if not valid:
         raise OpenRejected(UNSIGNED, f"{src}: the message is not signed; the partner must sign it")
-    if len(valid) != 1 or valid[0][-1].lower() != sender_fpr:
+    if len(valid) != 1 or len(valid[0]) < _VALIDSIG_FIELDS or valid[0][-1].lower() != sender_fpr:
         raise OpenRejected(UNKNOWN_SIGNER, f"{src}: expected exactly one signature by {sender_fpr}")
     sig = valid[0]
     if int(sig[8]) in WEAK_SIG_HASHES:
         raise OpenRejected(WEAK_ALGORITHM, f"{src}: signed with {_HASH_NAMES.get(int(sig[8]))}; SHA-256+ only")
-    made = datetime.fromtimestamp(int(sig[3]), UTC)
+    made = _gpg_time(sig[3])
     if made > now + SIGNATURE_FUTURE_SKEW:
         raise OpenRejected(SIGNATURE_FUTURE, f"{src}: signature made {made:%Y-%m-%d %H:%M:%S} UTC, in the future")
     plain = _status(lines, "PLAINTEXT")
+    if len(plain) > 1:
+        raise OpenRejected(MALFORMED, f"{src}: {len(plain)} literal data packets; a message carries one document")
     name = None
     if plain and len(plain[0]) > 3:
         name = unquote(plain[0][3])
@@ -462,12 +480,16 @@ def _open_sequoia(src: Path, part: Path, keys: OurKeys, sender: Cert, now: datet
         if "no key" in lowered or ("decrypt" in lowered and "session key" in lowered):
             raise OpenRejected(NOT_ENCRYPTED_TO_US, f"{src}: not encrypted to our key ({message})") from None
         if "unexpected message structure" in lowered or "malformed" in lowered:
-            raise OpenRejected(MALFORMED, f"{src}: not a well-formed message ({message})") from None
+            raise OpenRejected(
+                MALFORMED,
+                f"{src}: not a message Sequoia can read ({message}); compressed RFC 4880 messages "
+                "(GnuPG's default) need GnuPG installed here",
+            ) from None
         raise OpenRejected(TAMPERED, f"{src}: decryption failed ({message})") from None
     valid = [s for s in result.valid_sigs if s.certificate.lower() == sender_fpr]
     if len(valid) != 1 or len(result.valid_sigs) != 1:
         raise OpenRejected(UNKNOWN_SIGNER, f"{src}: expected exactly one valid signature by {sender_fpr}")
-    return "AES-256, SEIPDv2"
+    return "SEIPD, sign " + " / ".join(describe_cert(sender, now).signing_algorithms)
 
 
 # ------------------------------------------------------------------------------------------- decide
@@ -493,6 +515,9 @@ def open_message(
     try:
         shape = _shape(src)
         _check_sender(sender, now, src)
+        if shape.cipher is not None and shape.cipher not in ALLOWED_CIPHERS:
+            weak = _CIPHER_NAMES.get(shape.cipher, str(shape.cipher))
+            raise OpenRejected(WEAK_ALGORITHM, f"{src}: encrypted with {weak}; only AES is accepted")
         engine: Engine = "gnupg" if shape.seipd_version == 1 and gpg else "sequoia"
         if gpg and engine == "gnupg":
             try:
@@ -502,6 +527,11 @@ def open_message(
                 engine = "sequoia"
         if engine == "sequoia":
             algorithms, name = _open_sequoia(src, part, keys, sender, now, max_output), None
+            if shape.cipher is not None:
+                mode = f"SEIPDv2 ({_AEAD_NAMES.get(shape.aead or 0, shape.aead)})"
+                algorithms = f"{_CIPHER_NAMES.get(shape.cipher)}, {algorithms.replace('SEIPD', mode)}"
+            else:
+                algorithms = algorithms.replace("SEIPD", "SEIPDv1")
         digest, size = _sha256(part)
         os.replace(part, dst)
     except OpenRejected:

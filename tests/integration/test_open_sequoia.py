@@ -78,6 +78,7 @@ def test_accepts_and_reports(us: OurKeys, partner: pysequoia.Tsk, doc: Path, tmp
     assert dst.read_bytes() == doc.read_bytes()
     assert (opened.engine, opened.plaintext_size) == ("sequoia", doc.stat().st_size)
     assert opened.signer_fingerprint == partner.extract_certificate().fingerprint.lower()
+    assert opened.algorithms == "AES-256, SEIPDv2 (OCB), sign Ed25519"
 
 
 def test_not_encrypted_to_us(us: OurKeys, partner: pysequoia.Tsk, doc: Path, tmp_path: Path) -> None:
