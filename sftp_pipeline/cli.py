@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -141,19 +142,90 @@ def send(
 
 
 @app.command()
+def collect(
+    jobs: Annotated[list[str] | None, typer.Argument(help="Collect jobs to run (default: all collect jobs).")] = None,
+) -> None:
+    """Take partners' documents, open and verify them, deliver the plaintext and answer with signed receipts."""
+    from .inbound import Collector
+    from .runtime import open_runtime
+
+    config = _config()
+    selected = config.jobs_of("collect", jobs)
+    with open_runtime(config) as rt:
+        collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+        report = asyncio.run(collector.run(selected))
+    table = Table("partner", "file", "transfer", "result", "detail", title="collect")
+    for o in report.outcomes:
+        style = {"rejected": "red", "pending": "yellow", "quarantined": "magenta", "accepted": "green"}.get(
+            o.result, ""
+        )
+        table.add_row(
+            o.partner, o.name, o.transfer_id or "", f"[{style}]{o.result}[/]" if style else o.result, o.detail
+        )
+    console.print(table if report.outcomes else "nothing to collect")
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def receipts(
+    jobs: Annotated[list[str] | None, typer.Argument(help="Receipts jobs to run (default: all).")] = None,
+) -> None:
+    """Pull partners' signed receipts for what we sent, verify them and settle each transfer."""
+    from .receipt_pull import ReceiptPuller
+    from .runtime import open_runtime
+
+    config = _config()
+    selected = config.jobs_of("receipts", jobs)
+    with open_runtime(config) as rt:
+        puller = ReceiptPuller(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+        report = asyncio.run(puller.run(selected))
+    table = Table("partner", "receipt", "transfer", "verdict", "detail", title="receipts")
+    for o in report.outcomes:
+        table.add_row(o.partner, o.name, o.transfer_id or "", o.verdict, o.detail)
+    console.print(table if report.outcomes else "no receipts waiting")
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
 def serve() -> None:
-    """Run the embedded SFTP server that our partners push to (until Ctrl-C or SIGTERM)."""
+    """Run the embedded SFTP server that our partners push to (until Ctrl-C or SIGTERM).
+
+    When a collect job exists for a partner, each completed upload is collected at once, so its receipt
+    carries the moment the upload completed.
+    """
+    from .inbound import Collector
+    from .runtime import open_runtime
     from .server import EmbeddedServer
+    from .transport.local import LocalTransport
 
     config = _config()
     if config.server is None:
         raise ConfigError(f"{config.path}: no [server] section; add one to host partners (see docs/configuration.md)")
+    collect_jobs = {job.partner: job for job in config.jobs_of("collect")}
 
     async def _serve() -> None:
-        server = EmbeddedServer(config)
+        rt = open_runtime(config) if collect_jobs else None
+        collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock) if rt else None
+
+        async def on_upload(partner_id: str, path: Path, completed_at: datetime) -> None:
+            job = collect_jobs.get(partner_id)
+            if collector is None or job is None or path.parent.name != "inbox":
+                return
+            partner = config.partner(partner_id)
+            local = LocalTransport(config.hosted_root(partner_id), partner_id=partner_id)
+            outcome = await collector.collect_one(job, partner, local, path.name, received_at=completed_at)
+            err_console.print(f"{partner_id}: {path.name} {outcome.result} {outcome.detail}", highlight=False)
+
+        server = EmbeddedServer(config, on_upload=on_upload)
         await server.start()
         err_console.print(f"serving SFTP on {', '.join(config.server.listen)} port {server.port}")  # type: ignore[union-attr]
-        await server.serve_forever()
+        try:
+            await server.serve_forever()
+        finally:
+            if rt is not None:
+                rt.close()
 
     try:
         asyncio.run(_serve())
@@ -172,8 +244,9 @@ def status(
     config = _config()
     with open_ledger(config) as ledger:
         rows = ledger.recent(limit, partner)
+        inbound = ledger.inbound_recent(limit, partner)
         counts = ledger.counts()
-    if not rows:
+    if not rows and not inbound:
         console.print("no transfers yet")
         return
     table = Table("transfer", "partner", "type", "file", "state", "bytes", "updated", "kex", "error", title="transfers")

@@ -47,6 +47,7 @@ from typing import BinaryIO, Literal
 from urllib.parse import unquote
 
 import pysequoia
+from pysequoia.packet import PacketPile
 
 from .errors import OpenRejected
 from .keys import OurKeys
@@ -229,6 +230,38 @@ def _shape(src: Path) -> _Shape:
             fh.seek(end)
             pos = end
     raise OpenRejected(TAMPERED, f"{src}: session keys but no encrypted data (truncated?)")
+
+
+def _pkesk_recipients(src: Path) -> set[str]:
+    """Key ids (v3 PKESK) and fingerprints (v6 PKESK) the message's session keys are addressed to, lowercase hex."""
+    found: set[str] = set()
+    size = src.stat().st_size
+    with src.open("rb") as fh:
+        pos = 0
+        while pos < size:
+            ctb = _read_exact(fh, 1)[0]
+            tag, start, end = _body_end(fh, ctb, size)
+            if tag != _PKESK:
+                break
+            fh.seek(start)
+            body = fh.read(min(end - start, 64))
+            if body[:1] == b"\x03" and len(body) >= 9:
+                found.add(body[1:9].hex())
+            elif body[:1] == b"\x06" and len(body) >= 3 and body[1] > 1:
+                found.add(body[3 : 2 + body[1]].hex())
+            fh.seek(end)
+            pos = end
+    return found
+
+
+def _our_key_ids(keys: OurKeys) -> set[str]:
+    ids: set[str] = set()
+    for packet in PacketPile.from_bytes(bytes(keys.cert)):
+        if packet.fingerprint:
+            ids.add(packet.fingerprint.lower())
+        if packet.key_id:
+            ids.add(packet.key_id.lower())
+    return ids
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -479,6 +512,14 @@ def _open_sequoia(src: Path, part: Path, keys: OurKeys, sender: Cert, now: datet
                 SIGNATURE_INVALID, f"{src}: the partner's signature does not verify ({message})"
             ) from None
         if "no key" in lowered or ("decrypt" in lowered and "session key" in lowered):
+            try:
+                addressed = bool(_pkesk_recipients(src) & _our_key_ids(keys))
+            except (OSError, EOFError):
+                addressed = False
+            if addressed:
+                raise OpenRejected(
+                    TAMPERED, f"{src}: addressed to our key but its session key does not decrypt: damaged in transit"
+                ) from None
             raise OpenRejected(NOT_ENCRYPTED_TO_US, f"{src}: not encrypted to our key ({message})") from None
         if "unexpected message structure" in lowered or "malformed" in lowered:
             raise OpenRejected(

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftp_pipeline.config import Config, load_config
+from sftp_pipeline.inbound import Collector, CollectReport
 from sftp_pipeline.keys import GeneratedKeys, generate_keys
-from sftp_pipeline.ledger import Transfer
+from sftp_pipeline.ledger import Inbound, Transfer
 from sftp_pipeline.outbound import Outbound, SendReport
+from sftp_pipeline.receipt_pull import PullReport, ReceiptPuller
 from sftp_pipeline.runtime import open_runtime
 
 # Why 120 s: a CLI run in these tests moves at most a few MB over loopback; longer means it hung.
@@ -58,6 +60,30 @@ class Party:
                 return await Outbound(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run(selected)
 
         return asyncio.run(run())
+
+    def collect(self, *jobs: str) -> CollectReport:
+        config = self.config()
+
+        async def run() -> CollectReport:
+            with open_runtime(config) as rt:
+                collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+                return await collector.run(config.jobs_of("collect", list(jobs)))
+
+        return asyncio.run(run())
+
+    def pull_receipts(self, *jobs: str) -> PullReport:
+        config = self.config()
+
+        async def run() -> PullReport:
+            with open_runtime(config) as rt:
+                puller = ReceiptPuller(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+                return await puller.run(config.jobs_of("receipts", list(jobs)))
+
+        return asyncio.run(run())
+
+    def inbound(self) -> list[Inbound]:
+        with open_runtime(self.config()) as rt:
+            return sorted(rt.ledger.inbound_recent(10_000), key=lambda r: r.transfer_id)
 
     def transfers(self) -> list[Transfer]:
         with open_runtime(self.config()) as rt:
@@ -118,13 +144,16 @@ def make_party(
     if jobs is None:
         jobs = {f"{t}-out": {"document_type": t} for t in ALL_TYPES}
     for name, job in jobs.items():
-        spec = {
-            "kind": "send",
-            "partner": partner_id,
-            "source": f"../drop/{job['document_type']}",
-            "stable_seconds": 0,
-            **job,
-        }
+        if job.get("kind", "send") == "send":
+            spec = {
+                "kind": "send",
+                "partner": partner_id,
+                "source": f"../drop/{job['document_type']}",
+                "stable_seconds": 0,
+                **job,
+            }
+        else:
+            spec = {"partner": partner_id, **job}
         (job_dir / f"{name}.toml").write_text("".join(f"{k} = {_toml(v)}\n" for k, v in spec.items()))
     return Party(party_id, directory, keys)
 

@@ -1,0 +1,353 @@
+"""Inbound: collect a partner's sealed documents, open and verify them, deliver plaintext, answer with receipts.
+
+For each document, in this order (each step recorded before the next, so a
+crash is finished by the next run):
+
+1. download to staging and hash; the ciphertext is archived — the evidence
+   of what arrived — and the ledger row ``received`` is written;
+2. open: decrypt with our key, verify against *that partner's* certificate
+   only; plaintext is released into the delivery folder only after every
+   check passed (``accepted``), otherwise nothing of it remains (``rejected``
+   with a status code);
+3. issue a signed receipt either way, kept in the ledger, and put it where
+   the partner collects receipts (the ``.sig`` last: it marks completion);
+4. remove the document from where the partner left it.
+
+A document seen again with the same transfer id and the same bytes is
+answered with the same receipt and not delivered twice; the same id with
+other bytes is quarantined (``duplicate-conflict``) and the first receipt
+stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .clock import Clock, parse_rfc3339, rfc3339, utc_now
+from .config import CollectJob, Config, Partner
+from .dropfolder import fsync_dir, move_into, quarantine_file
+from .errors import OpenRejected, PipelineError, TransportError
+from .keys import OurKeys, load_partner_cert
+from .ledger import Inbound, Ledger
+from .names import is_safe_name, parse_sealed_name
+from .openpgp_open import open_message
+from .receipts import build_receipt, receipt_file_names, sign_receipt
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+# Why 1 MiB: hashing at disk speed with flat memory.
+HASH_CHUNK = 1024 * 1024
+# Why 8: the output of one document may be at most this many times the largest accepted input; beyond it a
+# "document" is a decompression bomb, not settlement data.
+MAX_EXPANSION = 8
+
+TransportFactory = Callable[[Partner], Awaitable[Transport]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    partner: str
+    name: str
+    transfer_id: str | None
+    result: str  # accepted, rejected, duplicate, quarantined, pending
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class CollectReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(o.result == "pending" for o in self.outcomes)
+
+    def count(self, result: str) -> int:
+        return sum(1 for o in self.outcomes if o.result == result)
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where one partner's documents arrive and where our receipts for them go."""
+
+    documents: str
+    receipts: str
+    hosted: bool
+
+
+def place_of(partner: Partner) -> Place:
+    if partner.sftp is not None:
+        return Place(partner.sftp.dirs.outbox, partner.sftp.dirs.receipts_in, hosted=False)
+    # We host the partner: they upload into inbox/ and pick receipts up from receipts-out/.
+    return Place("inbox", "receipts-out", hosted=True)
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class Collector:
+    def __init__(
+        self,
+        config: Config,
+        keys: OurKeys,
+        ledger: Ledger,
+        transport_factory: TransportFactory,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.ledger = ledger
+        self.transport_factory = transport_factory
+        self.clock = clock
+        self.staging = config.state_dir / "inbound" / "staging"
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # -- runs ----------------------------------------------------------------------------------------
+
+    async def run(self, jobs: list[CollectJob]) -> CollectReport:
+        report = CollectReport()
+        for job in jobs:
+            partner = self.config.partner(job.partner)
+            try:
+                transport = await self.transport_factory(partner)
+            except PipelineError as exc:
+                report.outcomes.append(Outcome(partner.id, "", None, "pending", f"cannot connect: {exc}"))
+                continue
+            try:
+                await self._finish_unfinished(job, partner, transport, report)
+                place = place_of(partner)
+                try:
+                    entries = await transport.list(place.documents)
+                except TransportError as exc:
+                    report.outcomes.append(Outcome(partner.id, place.documents, None, "pending", str(exc)))
+                    continue
+                for entry in entries:
+                    mtime = datetime.fromtimestamp(entry.mtime, UTC)
+                    report.outcomes.append(
+                        await self.collect_one(
+                            job, partner, transport, entry.name, received_at=mtime if place.hosted else None
+                        )
+                    )
+            finally:
+                await transport.close()
+        return report
+
+    async def collect_one(
+        self, job: CollectJob, partner: Partner, transport: Transport, name: str, *, received_at: datetime | None
+    ) -> Outcome:
+        """Collect one file by name. ``received_at`` is when it was complete (None: when we finish downloading)."""
+        lock = self._locks.setdefault((partner.id, name), asyncio.Lock())
+        async with lock:
+            try:
+                return await self._collect(job, partner, transport, name, received_at)
+            except (TransportError, OSError) as exc:
+                log.warning("collecting %s from %s: %s; will retry", name, partner.id, exc)
+                return Outcome(partner.id, name, None, "pending", str(exc))
+
+    async def _collect(
+        self, job: CollectJob, partner: Partner, transport: Transport, name: str, received_at: datetime | None
+    ) -> Outcome:
+        place = place_of(partner)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        try:
+            sealed = parse_sealed_name(name)
+        except ValueError:
+            return await self._quarantine_remote(
+                job,
+                partner,
+                transport,
+                name,
+                "malformed",
+                "not a sealed-document name (<transfer-id>.<type>.<name>.pgp)",
+            )
+        staged = self.staging / f"{partner.id}.{sealed.transfer_id}.pgp"
+        await transport.get(place.documents, name, staged)
+        moment = received_at or self.clock()
+        digest, size = await asyncio.to_thread(sha256_file, staged)
+        previous = self.ledger.inbound(partner.id, sealed.transfer_id)
+        if previous is not None:
+            staged_path = staged
+            if previous.ciphertext_sha256 != digest:
+                target = quarantine_file(
+                    staged_path,
+                    self._quarantine_dir(partner),
+                    "duplicate-conflict",
+                    job=job.name,
+                    detail=f"{name}: transfer {sealed.transfer_id} was received "
+                    f"before with SHA-256 {previous.ciphertext_sha256}; this copy is {digest}",
+                    clock=self.clock,
+                )
+                await transport.remove(place.documents, name)
+                return Outcome(
+                    partner.id,
+                    name,
+                    sealed.transfer_id,
+                    "quarantined",
+                    f"duplicate-conflict: same transfer id, different bytes ({target})",
+                )
+            staged_path.unlink()
+            await self._finish(previous, partner, transport)
+            return Outcome(partner.id, name, sealed.transfer_id, "duplicate", "answered with the same receipt")
+        archive = self._archive_path(partner, moment, name)
+        await asyncio.to_thread(move_into, staged, archive)
+        row = self.ledger.receive(
+            partner=partner.id,
+            transfer_id=sealed.transfer_id,
+            job=job.name,
+            remote_name=name,
+            document_type=sealed.document_type,
+            ciphertext_sha256=digest,
+            ciphertext_size=size,
+            received_at=rfc3339(moment),
+            archive_path=str(archive),
+        )
+        log.info("received %s from %s (%d bytes)", name, partner.id, size, extra={"transfer_id": sealed.transfer_id})
+        row = await asyncio.to_thread(self._open, job, partner, row)
+        await self._finish(row, partner, transport)
+        return Outcome(partner.id, name, row.transfer_id, row.state, row.status or "")
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def _open(self, job: CollectJob, partner: Partner, row: Inbound) -> Inbound:
+        """received → accepted | rejected, with the signed receipt stored in the ledger."""
+        sealed = parse_sealed_name(row.remote_name)
+        now = self.clock()
+        status, detail, plaintext, fingerprint, delivered, engine = "ok", "", None, None, None, None
+        if row.document_type not in partner.receive:
+            status = "unauthorised-document"
+            detail = f"{partner.id} may not send us {row.document_type} (partners.{partner.id}.receive)"
+        else:
+            folder = job.deliver_to / row.document_type if job.per_type_folders else job.deliver_to
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{row.transfer_id}.{sealed.original}"
+            limit = (job.max_document_bytes or self.config.limits.max_document_bytes) * MAX_EXPANSION
+            try:
+                opened = open_message(
+                    Path(row.archive_path or ""),
+                    target,
+                    keys=self.keys,
+                    sender=load_partner_cert(partner),
+                    now=now,
+                    max_output=limit,
+                )
+            except OpenRejected as exc:
+                status, detail = exc.status, str(exc)
+            else:
+                plaintext, fingerprint, engine = opened.plaintext_sha256, opened.signer_fingerprint, opened.engine
+                delivered = str(target)
+                fsync_dir(folder)
+        validated = self.clock()
+        receipt = build_receipt(
+            remote_name=row.remote_name,
+            sender=partner.id,
+            receiver=self.config.party.id,
+            ciphertext_sha256=row.ciphertext_sha256,
+            ciphertext_size=row.ciphertext_size,
+            received_at=parse_rfc3339(row.received_at),
+            validated_at=validated,
+            status=status,
+            plaintext_sha256=plaintext,
+            sender_key_fingerprint=fingerprint,
+            detail=detail[:1000],
+        )
+        files = sign_receipt(receipt, self.keys.signer)
+        json_name, sig_name = receipt_file_names(row.transfer_id)
+        state = "accepted" if status == "ok" else "rejected"
+        if state == "rejected":
+            log.warning(
+                "rejected %s from %s: %s", row.remote_name, partner.id, detail, extra={"transfer_id": row.transfer_id}
+            )
+        return self.ledger.update_inbound(
+            partner.id,
+            row.transfer_id,
+            state=state,
+            status=status,
+            detail=detail,
+            plaintext_sha256=plaintext,
+            sender_key_fingerprint=fingerprint,
+            validated_at=rfc3339(validated),
+            delivered_path=delivered,
+            engine=engine,
+            receipt_json=files[json_name],
+            receipt_sig=files[sig_name],
+        )
+
+    async def _finish(self, row: Inbound, partner: Partner, transport: Transport) -> None:
+        """Send the stored receipt (idempotent) and remove the document from where the partner left it."""
+        place = place_of(partner)
+        if row.receipt_json is None or row.receipt_sig is None:
+            return
+        json_name, sig_name = receipt_file_names(row.transfer_id)
+        outgoing = self.config.state_dir / "receipts" / "issued" / partner.id
+        outgoing.mkdir(parents=True, exist_ok=True)
+        for file_name, data in ((json_name, row.receipt_json), (sig_name, row.receipt_sig)):
+            path = outgoing / file_name
+            if not path.exists():
+                tmp = path.with_name(f".{file_name}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            await transport.put_atomic(path, place.receipts, file_name)  # the .sig goes last
+        if row.receipt_sent_at is None:
+            row = self.ledger.update_inbound(partner.id, row.transfer_id, receipt_sent_at=self.ledger.now())
+        if row.source_removed_at is None:
+            await transport.remove(place.documents, row.remote_name)
+            self.ledger.update_inbound(partner.id, row.transfer_id, source_removed_at=self.ledger.now())
+
+    async def _finish_unfinished(
+        self, job: CollectJob, partner: Partner, transport: Transport, report: CollectReport
+    ) -> None:
+        for row in self.ledger.inbound_unfinished(partner.id):
+            if row.state == "received":
+                row = await asyncio.to_thread(self._open, job, partner, row)
+                report.outcomes.append(
+                    Outcome(
+                        partner.id,
+                        row.remote_name,
+                        row.transfer_id,
+                        row.state,
+                        f"{row.status} (finished after an interruption)",
+                    )
+                )
+            await self._finish(row, partner, transport)
+
+    async def _quarantine_remote(
+        self, job: CollectJob, partner: Partner, transport: Transport, name: str, reason: str, detail: str
+    ) -> Outcome:
+        """Keep a copy of a file we cannot take (under a safe local name), then clear it from the partner's folder."""
+        place = place_of(partner)
+        safe = name if is_safe_name(name) else f"unsafe-name-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+        staged = self.staging / f"{partner.id}.{safe}"
+        await transport.get(place.documents, name, staged)
+        target = quarantine_file(
+            staged,
+            self._quarantine_dir(partner),
+            reason,
+            job=job.name,
+            detail=f"{name!r} from {partner.id}: {detail}",
+            clock=self.clock,
+        )
+        await transport.remove(place.documents, name)
+        log.warning("quarantined %r from %s: %s", name, partner.id, detail)
+        return Outcome(partner.id, name, None, "quarantined", f"{reason}: {target}")
+
+    def _quarantine_dir(self, partner: Partner) -> Path:
+        return self.config.state_dir / "quarantine" / "inbound" / partner.id
+
+    def _archive_path(self, partner: Partner, moment: datetime, name: str) -> Path:
+        folder = self.config.state_dir / "archive" / partner.id / "received" / rfc3339(moment)[:10]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
