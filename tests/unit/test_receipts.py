@@ -363,3 +363,27 @@ def test_post_quantum_issuer_round_trip() -> None:
     with pytest.raises(ReceiptInvalid) as caught:
         _verify(files, other)
     assert caught.value.reason == "wrong-signer"
+
+
+def test_every_open_status_is_a_receipt_status() -> None:
+    """What open_message can reject with, a receipt must be able to say."""
+    from sftp_pipeline import openpgp_open
+
+    names = [
+        "NOT_ENCRYPTED_TO_US",
+        "NOT_ENCRYPTED",
+        "UNSIGNED",
+        "UNKNOWN_SIGNER",
+        "SIGNER_EXPIRED",
+        "SIGNER_REVOKED",
+        "SIGNATURE_INVALID",
+        "INTEGRITY_MISSING",
+        "TAMPERED",
+        "MALFORMED",
+        "OVERSIZE",
+        "WEAK_ALGORITHM",
+        "SIGNATURE_FUTURE",
+    ]
+    codes = {getattr(openpgp_open, name) for name in names}
+    assert len(codes) == len(names)
+    assert codes <= REJECTION_CODES, codes - REJECTION_CODES
