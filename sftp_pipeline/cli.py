@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -195,29 +194,24 @@ def serve() -> None:
     When a collect job exists for a partner, each completed upload is collected at once, so its receipt
     carries the moment the upload completed.
     """
-    from .inbound import Collector
+    from .inbound import Collector, collect_on_upload
     from .runtime import open_runtime
     from .server import EmbeddedServer
-    from .transport.local import LocalTransport
 
     config = _config()
     if config.server is None:
         raise ConfigError(f"{config.path}: no [server] section; add one to host partners (see docs/configuration.md)")
-    collect_jobs = {job.partner: job for job in config.jobs_of("collect")}
 
     async def _serve() -> None:
-        rt = open_runtime(config) if collect_jobs else None
-        collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock) if rt else None
-
-        async def on_upload(partner_id: str, path: Path, completed_at: datetime) -> None:
-            job = collect_jobs.get(partner_id)
-            if collector is None or job is None or path.parent.name != "inbox":
-                return
-            partner = config.partner(partner_id)
-            local = LocalTransport(config.hosted_root(partner_id), partner_id=partner_id)
-            outcome = await collector.collect_one(job, partner, local, path.name, received_at=completed_at)
-            err_console.print(f"{partner_id}: {path.name} {outcome.result} {outcome.detail}", highlight=False)
-
+        rt = open_runtime(config) if config.jobs_of("collect") else None
+        on_upload = None
+        if rt is not None:
+            collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+            on_upload = collect_on_upload(
+                config,
+                collector,
+                report=lambda o: err_console.print(f"{o.partner}: {o.name} {o.result} {o.detail}", highlight=False),
+            )
         server = EmbeddedServer(config, on_upload=on_upload)
         await server.start()
         err_console.print(f"serving SFTP on {', '.join(config.server.listen)} port {server.port}")  # type: ignore[union-attr]
@@ -249,20 +243,39 @@ def status(
     if not rows and not inbound:
         console.print("no transfers yet")
         return
-    table = Table("transfer", "partner", "type", "file", "state", "bytes", "updated", "kex", "error", title="transfers")
-    for t in rows:
-        table.add_row(
-            t.id,
-            t.partner,
-            t.document_type,
-            t.source_name,
-            t.state,
-            str(t.plaintext_size or ""),
-            t.updated_at,
-            t.ssh_kex or "",
-            (t.last_error or "")[:60],
+    if rows:
+        table = Table(
+            "transfer", "partner", "type", "file", "state", "receipt", "partner received", "kex", "error", title="sent"
         )
-    console.print(table)
+        for t in rows:
+            table.add_row(
+                t.id,
+                t.partner,
+                t.document_type,
+                t.source_name,
+                t.state,
+                t.receipt_status or "",
+                t.partner_received_at or "",
+                t.ssh_kex or "",
+                (t.last_error or "")[:60],
+            )
+        console.print(table)
+    if inbound:
+        table = Table(
+            "transfer", "partner", "type", "file", "state", "status", "received", "receipt sent", title="received"
+        )
+        for r in inbound:
+            table.add_row(
+                r.transfer_id,
+                r.partner,
+                r.document_type,
+                r.remote_name,
+                r.state,
+                r.status or "",
+                r.received_at,
+                r.receipt_sent_at or "",
+            )
+        console.print(table)
     console.print(", ".join(f"{p}/{s}: {n}" for (p, s), n in sorted(counts.items())))
 
 

@@ -2,15 +2,18 @@
 
 A DER aggregator seals sample documents (an invoice, a transaction
 confirmation and a large aggregation CSV) and pushes them into the
-distribution utility's embedded SFTP server; then GnuPG, in a throw-away home
-holding only the utility's key, opens what arrived and checks the aggregator's
-signature — the partner's side, with an independent OpenPGP implementation.
+distribution utility's embedded SFTP server; the utility collects each one the
+moment its upload completes (decrypts, verifies, delivers, answers with a
+signed receipt); the aggregator pulls the receipts and settles its ledger.
+GnuPG, in a throw-away home holding only the utility's key, also opens what
+arrived — an independent OpenPGP implementation.
 Everything stays in the demo folder to inspect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -25,8 +28,11 @@ from rich.table import Table
 
 from .config import Config, load_config
 from .errors import ConfigError
+from .inbound import Collector, collect_on_upload
+from .inbound import Outcome as CollectOutcome
 from .keys import generate_keys
 from .outbound import Outbound, SendReport
+from .receipt_pull import PullReport, ReceiptPuller
 from .runtime import open_runtime
 from .server import EmbeddedServer
 
@@ -34,6 +40,8 @@ MARKER = ".sftp-pipeline-demo"
 AGGREGATOR, UTILITY = "aggregator", "utility"
 # Why these three: the documents a DER aggregator sends a distribution utility under the NAESB base contract.
 OUTBOUND_TYPES = ("invoice", "transaction_confirmation", "aggregation_data")
+# Why 60 s: collecting 100 MB takes about a second here; a minute means something is stuck, so report it.
+COLLECT_WAIT = 60.0
 
 
 @dataclass
@@ -139,8 +147,13 @@ ssh_login_keys = ["{login_key}"]
             server='[server]\nlisten = ["127.0.0.1"]\nport = 0\nroot = "sftp-root"\n',
         )
     )
+    (utl / "jobs").mkdir()
+    (utl / "jobs" / f"collect-from-{AGGREGATOR}.toml").write_text(
+        f'kind = "collect"\npartner = "{AGGREGATOR}"\ndeliver_to = "../received"\n'
+    )
     jobs = agg / "jobs"
     jobs.mkdir()
+    (jobs / f"receipts-from-{UTILITY}.toml").write_text(f'kind = "receipts"\npartner = "{UTILITY}"\n')
     for doc_type in OUTBOUND_TYPES:
         (jobs / f"{doc_type.replace('_', '-')}-to-{UTILITY}.toml").write_text(
             f'kind = "send"\npartner = "{UTILITY}"\ndocument_type = "{doc_type}"\n'
@@ -197,15 +210,40 @@ host_keys = ["[127.0.0.1]:{port} {host_key_pub}"]
     )
 
 
-async def _push(utility: Config, agg_dir: Path) -> tuple[SendReport, Config]:
-    async with EmbeddedServer(utility) as server:
-        host_key_pub = " ".join(utility.keys.host_key.with_suffix(".pub").read_text().split()[:2])
-        _write_aggregator_config(agg_dir, host_key_pub, server.port)
-        aggregator = load_config(agg_dir / "sftp-pipeline.toml")
-        with open_runtime(aggregator) as rt:
-            outbound = Outbound(aggregator, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
-            report = await outbound.run(aggregator.jobs_of("send"))
-    return report, aggregator
+@dataclass
+class Exchange:
+    sent: SendReport
+    collected: list[CollectOutcome]
+    pulled: PullReport
+    aggregator: Config
+
+
+async def _exchange(utility: Config, agg_dir: Path) -> Exchange:
+    """Send → the utility collects each upload as it completes → the aggregator pulls and checks the receipts."""
+    collected: list[CollectOutcome] = []
+    all_collected = asyncio.Event()
+    with open_runtime(utility) as urt:
+        collector = Collector(utility, urt.keys, urt.ledger, urt.connect, clock=urt.clock)
+
+        def note(outcome: CollectOutcome) -> None:
+            collected.append(outcome)
+            if len(collected) >= len(OUTBOUND_TYPES):
+                all_collected.set()
+
+        async with EmbeddedServer(
+            utility, on_upload=collect_on_upload(utility, collector, report=note)
+        ) as server:
+            host_key_pub = " ".join(utility.keys.host_key.with_suffix(".pub").read_text().split()[:2])
+            _write_aggregator_config(agg_dir, host_key_pub, server.port)
+            aggregator = load_config(agg_dir / "sftp-pipeline.toml")
+            with open_runtime(aggregator) as rt:
+                outbound = Outbound(aggregator, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+                sent = await outbound.run(aggregator.jobs_of("send"))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(all_collected.wait(), COLLECT_WAIT)
+                puller = ReceiptPuller(aggregator, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+                pulled = await puller.run(aggregator.jobs_of("receipts"))
+    return Exchange(sent, collected, pulled, aggregator)
 
 
 def open_with_gnupg(secret_key: Path, sender_cert: Path, sealed: list[Path], out_dir: Path) -> list[Opened]:
@@ -270,24 +308,36 @@ def run_demo(directory: Path, *, size_mb: int, console: Console) -> bool:
         "  created two parties with fresh keys: aggregator (sender) and utility (embedded SFTP server)"
     )
     utility = load_config(utl / "sftp-pipeline.toml")
-    report, aggregator = asyncio.run(_push(utility, agg))
-    inbox = utility.hosted_root(AGGREGATOR) / "inbox"
-    arrived = sorted(p for p in inbox.iterdir() if p.name.endswith(".pgp"))
+    exchange = asyncio.run(_exchange(utility, agg))
+    aggregator = exchange.aggregator
+    # What arrived, as the utility archived it on receipt: GnuPG opens it independently of our engine.
+    received = utility.state_dir / "archive" / AGGREGATOR / "received"
+    arrived = sorted(p for p in received.rglob("*.pgp"))
     opened = open_with_gnupg(
         utility.keys.openpgp, agg / "keys" / "openpgp.asc", arrived, utl / "opened-with-gnupg"
     )
     with open_runtime(aggregator) as rt:
         transfers = {t.remote_name: t for t in rt.ledger.recent(100)}
     table = Table(
-        "document", "type", "bytes", "transfer", "kex", "opened by GnuPG", title="aggregator → utility"
+        "document",
+        "type",
+        "bytes",
+        "transfer",
+        "kex",
+        "opened by GnuPG",
+        "utility",
+        "receipt",
+        title="aggregator → utility",
     )
-    all_ok = report.ok and len(arrived) == len(OUTBOUND_TYPES)
+    verdicts = {o.transfer_id: o.result for o in exchange.collected}
+    all_ok = exchange.sent.ok and exchange.pulled.ok and len(arrived) == len(OUTBOUND_TYPES)
     for result in opened:
         t = transfers.get(result.name)
         plain = utl / "opened-with-gnupg" / result.name.removesuffix(".pgp")
         same = bool(t and plain.exists() and _sha256(plain) == t.plaintext_sha256)
         ok = result.ok and same
-        all_ok = all_ok and ok
+        settled = bool(t and t.state == "receipted" and verdicts.get(t.id) == "accepted")
+        all_ok = all_ok and ok and settled
         table.add_row(
             t.source_name if t else result.name,
             t.document_type if t else "?",
@@ -295,16 +345,20 @@ def run_demo(directory: Path, *, size_mb: int, console: Console) -> bool:
             t.id if t else "",
             t.ssh_kex if t else "",
             "[green]yes, signature good, bytes equal[/]" if ok else f"[red]no[/] {result.detail}",
+            verdicts.get(t.id if t else "", "not collected"),
+            f"{t.state} (received {t.partner_received_at})" if t else "",
         )
     console.print(table)
-    console.print(f"  sealed copies arrived in {inbox}")
+    console.print(f"  the utility delivered the verified plaintext to {utl / 'received'}")
+    console.print(f"  sealed copies as received: {received}")
     console.print(f"  GnuPG's plaintext in {utl / 'opened-with-gnupg'}")
+    console.print(f"  signed receipts kept by the aggregator: {aggregator.state_dir / 'receipts' / UTILITY}")
     console.print(
         f"  ledger: {aggregator.state_dir / 'ledger.sqlite3'}\n"
         f"  try: sftp-pipeline -c {agg / 'sftp-pipeline.toml'} status"
     )
     console.print(
         f"  finished in {time.monotonic() - started:.1f} s: "
-        + ("[green]all delivered[/]" if all_ok else "[red]problems above[/]")
+        + ("[green]all delivered, validated and receipted[/]" if all_ok else "[red]problems above[/]")
     )
     return all_ok

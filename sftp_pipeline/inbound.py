@@ -351,3 +351,37 @@ class Collector:
         folder = self.config.state_dir / "archive" / partner.id / "received" / rfc3339(moment)[:10]
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name
+
+
+def collect_on_upload(
+    config: Config, collector: Collector, *, report: Callable[[Outcome], None] | None = None
+) -> Callable[[str, Path, datetime], Awaitable[None]]:
+    """An upload hook for the embedded server: collect a partner's document the moment its upload completes.
+
+    Only partners with a collect job, and only their ``inbox``; ``received_at`` is the completion time the
+    server took at the close, as NAESB EDM asks of its receipt timestamp.
+    """
+    from .transport.local import LocalTransport
+
+    jobs = {job.partner: job for job in config.jobs_of("collect")}
+
+    async def hook(partner_id: str, path: Path, completed_at: datetime) -> None:
+        job = jobs.get(partner_id)
+        if job is None or path.parent.name != place_of(config.partner(partner_id)).documents:
+            return
+        local = LocalTransport(config.hosted_root(partner_id), partner_id=partner_id)
+        outcome = await collector.collect_one(
+            job, config.partner(partner_id), local, path.name, received_at=completed_at
+        )
+        log.info(
+            "%s from %s: %s %s",
+            path.name,
+            partner_id,
+            outcome.result,
+            outcome.detail,
+            extra={"transfer_id": outcome.transfer_id},
+        )
+        if report is not None:
+            report(outcome)
+
+    return hook

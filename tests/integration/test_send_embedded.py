@@ -87,7 +87,7 @@ def test_aggregator_pushes_into_the_utility_embedded_server(tmp_path: Path) -> N
         assert [s.certificate for s in opened.valid_sigs] == [aggregator.keys.openpgp_fingerprint]
 
 
-def test_the_readme_demo_runs_and_gnupg_opens_everything(tmp_path: Path) -> None:
+def test_the_readme_demo_delivers_validates_and_receipts_everything(tmp_path: Path) -> None:
     require_tool("gpg")
     result = subprocess.run(
         [sys.executable, "-m", "sftp_pipeline.cli", "demo", str(tmp_path / "demo"), "--size-mb", "3"],
@@ -98,8 +98,11 @@ def test_the_readme_demo_runs_and_gnupg_opens_everything(tmp_path: Path) -> None
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "all delivered" in result.stdout
+    assert "all delivered, validated and receipted" in result.stdout
     assert result.stdout.count("yes, signature good, bytes equal") == 3
     config = load_config(tmp_path / "demo" / "aggregator" / "sftp-pipeline.toml")
     with open_runtime(config) as rt:
-        assert sorted(t.state for t in rt.ledger.recent(10)) == ["uploaded"] * 3
+        assert sorted(t.state for t in rt.ledger.recent(10)) == ["receipted"] * 3
+    utility = load_config(tmp_path / "demo" / "utility" / "sftp-pipeline.toml")
+    with open_runtime(utility) as rt:
+        assert sorted(r.state for r in rt.ledger.inbound_recent(10)) == ["accepted"] * 3
