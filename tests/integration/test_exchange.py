@@ -258,3 +258,29 @@ def test_a_document_type_the_partner_may_not_send_is_rejected(tmp_path: Path, gp
     assert [o.result for o in utility.collect().outcomes] == ["rejected"]
     (row,) = utility.inbound()
     assert row.status == "unauthorised-document" and row.receipt_sig and row.delivered_path is None
+
+
+def test_collect_receipts_and_status_from_the_cli(tmp_path: Path, sshd: Sshd) -> None:
+    utility = utility_party(tmp_path)
+    hosted = utility.config().hosted_root("aggregator")
+    hosted.parent.mkdir(parents=True)
+    hosted.symlink_to(sshd.root)
+    for folder in ("inbox", "receipts-out"):
+        (sshd.root / folder).mkdir(exist_ok=True)
+    aggregator = aggregator_party(
+        tmp_path, utility, {"host": sshd.host, "port": sshd.port, "user": sshd.user, "host_keys": [sshd.host_key_line]}
+    )
+    sshd.authorize(aggregator.keys.ssh_public.read_text())
+    aggregator.drop("invoice", "INV-9.xml", INVOICE)
+    assert aggregator.cli("send").returncode == 0
+    assert aggregator.cli("receipts").stdout.count("no receipts waiting") == 1  # not collected yet
+
+    collected = utility.cli("collect")
+    assert collected.returncode == 0 and "accepted" in collected.stdout, collected.stdout + collected.stderr
+    pulled = aggregator.cli("receipts")
+    assert pulled.returncode == 0 and "receipted" in pulled.stdout, pulled.stdout + pulled.stderr
+    sent = aggregator.cli("status")
+    assert "receipted" in sent.stdout and " ok " in sent.stdout
+    received = utility.cli("status")
+    assert "accepted" in received.stdout and "received" in received.stdout
+    assert utility.cli("collect", "no-such-job").returncode == 2
