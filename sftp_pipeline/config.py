@@ -46,6 +46,12 @@ DEFAULT_ATTEMPTS = 3
 DEFAULT_MAX_DOCUMENT_BYTES = 4 * 1024**3
 # Why 2 s: an operator's copy that pauses for longer than this is taken as finished by most MFT tools too.
 DEFAULT_STABLE_SECONDS = 2.0
+# Why 30 s: an SMTP relay that has not answered in half a minute is down; the report is queued and retried.
+DEFAULT_SMTP_TIMEOUT = 30.0
+# Why 24 h: a partner that collects nightly still answers within a day; later is worth a settlement call.
+DEFAULT_SLA_HOURS = 24.0
+# Why 30 days: time to agree a key roll-over with a partner before its key expires.
+DEFAULT_KEY_EXPIRY_WARNING_DAYS = 30
 # Why 8: enough requests to fill a LAN link with small files without starving a large upload.
 DEFAULT_FILES_IN_FLIGHT = 8
 
@@ -124,6 +130,9 @@ class Partner(_Model):
     ssh_login_keys: list[str] = []  # OpenSSH public keys the partner logs into our server with
     sftp: SftpEndpoint | None = None  # their server; None when they push to ours
     encrypt_to_self: bool = True  # also encrypt to our own key, so the archived sealed copy stays readable
+    # Receipt service level for documents we send this partner, in hours: overall, and per document type.
+    sla_hours: float | None = Field(default=None, gt=0)
+    sla_hours_by_type: dict[DocumentType, float] = {}
 
     @field_validator("ssh_login_keys")
     @classmethod
@@ -143,6 +152,58 @@ class Server(_Model):
     root: Path = Path("sftp-root")  # one subdirectory per partner
     # Why 10 MiB/s minimum is not set: the server never throttles; limits are the partner's contract.
     max_sessions_per_partner: int = Field(default=8, ge=1, le=256)
+
+
+class Smtp(_Model):
+    """Where reconciliation reports are emailed."""
+
+    host: str = Field(min_length=1)
+    # "starttls" (port 587), "tls" (implicit, port 465), or "none" — only with trusted_local_relay = true.
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str | None = None
+    password: Secret | None = None
+    # A relay on this host or a private segment that accepts mail without TLS; the only way to send in clear.
+    trusted_local_relay: bool = False
+    ca_file: Path | None = None  # extra CA certificate(s) to trust, e.g. a company relay's private CA
+    sender: str = Field(min_length=3)
+    recipients: list[str] = Field(min_length=1)
+    timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_or_trusted(self) -> Smtp:
+        if self.security == "none" and not self.trusted_local_relay:
+            raise ValueError(
+                "security = 'none' sends reports in clear text; use 'starttls' or 'tls', or set "
+                "trusted_local_relay = true for a relay on this host"
+            )
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+
+class Report(_Model):
+    """The reconciliation report: service levels, time zone, alerts."""
+
+    timezone: str = "UTC"  # reports show UTC and this local time zone
+    # NAESB EDM asks for a receipt within minutes of the upload; a day leaves room for a partner's nightly batch.
+    sla_hours: float = Field(default=DEFAULT_SLA_HOURS, gt=0)
+    key_expiry_warning_days: int = Field(default=DEFAULT_KEY_EXPIRY_WARNING_DAYS, ge=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r}; use an IANA name such as 'America/Chicago'") from None
+        return zone
 
 
 class Limits(_Model):
@@ -195,6 +256,8 @@ class Config(_Model):
     keys: OurKeys = OurKeys()
     server: Server | None = None
     limits: Limits = Limits()
+    smtp: Smtp | None = None
+    report: Report = Report()
     partners: dict[str, Partner] = {}
     jobs: dict[str, Job] = {}
 
@@ -222,6 +285,17 @@ class Config(_Model):
             return self.partners[partner_id]
         except KeyError:
             raise ConfigError(f"{self.path}: no partner {partner_id!r} is configured") from None
+
+    def sla(self, partner_id: str, document_type: str) -> float:
+        """The receipt service level, in hours, for a document type sent to a partner."""
+        partner = self.partners.get(partner_id)
+        if partner is not None:
+            by_type = partner.sla_hours_by_type.get(document_type)  # type: ignore[call-overload]
+            if by_type is not None:
+                return float(by_type)
+            if partner.sla_hours is not None:
+                return partner.sla_hours
+        return self.report.sla_hours
 
     def jobs_of(self, kind: str, names: list[str] | None = None) -> list[Any]:
         """The jobs of one kind, all or the named ones (a name of another kind or unknown is an error)."""
@@ -284,6 +358,13 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("state_dir", "jobs_dir"):
         if isinstance(raw.get(key), str):
             raw[key] = str(_resolve(base, Path(raw[key])))
+    smtp = raw.get("smtp")
+    if isinstance(smtp, dict):
+        if isinstance(smtp.get("ca_file"), str):
+            smtp["ca_file"] = str(_resolve(base, Path(smtp["ca_file"])))
+        password = smtp.get("password")
+        if isinstance(password, dict) and isinstance(password.get("file"), str):
+            password["file"] = str(_resolve(base, Path(password["file"])))
     keys = raw.setdefault("keys", {})
     if isinstance(keys, dict):
         for key, default in (
