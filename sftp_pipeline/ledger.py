@@ -527,6 +527,37 @@ class Ledger:
 
     # -- queries ----------------------------------------------------------------------------------
 
+    def for_reconcile(self, since: str | None) -> tuple[list[Transfer], list[Inbound]]:
+        """Documents a report for ``[since, now)`` may show: changed since then, or still open."""
+        if since is None:
+            out = self._rows("SELECT * FROM transfers WHERE direction = 'out'")
+            inb = self._rows("SELECT * FROM inbound")
+        else:
+            out = self._rows(
+                """SELECT * FROM transfers WHERE direction = 'out' AND (updated_at >= ? OR created_at >= ?
+                   OR state IN ('claimed', 'sealed', 'uploaded', 'invalid-receipt', 'failed'))""",
+                (since, since),
+            )
+            inb = self._rows("SELECT * FROM inbound WHERE updated_at >= ? OR state = 'received'", (since,))
+        return ([_to_transfer(r) for r in out], [Inbound(**{c: r[c] for c in _INBOUND_COLUMNS}) for r in inb])
+
+    def receipt_records(self, since: str | None) -> list[dict[str, Any]]:
+        """Receipts fetched since ``since`` (all when None), without their bytes."""
+        query = "SELECT seq, partner, name, transfer_id, verdict, reason, status, fetched_at FROM receipts"
+        rows = self._rows(query + " WHERE fetched_at >= ? ORDER BY seq", (since,)) if since else self._rows(query)
+        return [dict(r) for r in rows]
+
+    def meta(self, key: str) -> str | None:
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+                (key, value, value),
+            )
+
     def _rows(self, query: str, params: Any = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
