@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,7 @@ from . import __version__
 from .clock import utc_now
 from .config import DEFAULT_CONFIG_NAME, Config, load_config
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
+from .reconcile import Reconciliation
 from .transport import Progress as ProgressCallback
 
 app = typer.Typer(
@@ -277,6 +279,74 @@ def status(
             )
         console.print(table)
     console.print(", ".join(f"{p}/{s}: {n}" for (p, s), n in sorted(counts.items())))
+
+
+def _since(value: str | None, ledger: object) -> datetime | None:
+    from .clock import parse_rfc3339
+    from .reconcile import last_report_until
+
+    if value is None:
+        return last_report_until(ledger)  # type: ignore[arg-type]
+    if value == "all":
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError:
+        raise ConfigError(f"--since {value!r}: use an RFC 3339 time such as 2026-11-26T00:00:00Z, or 'all'") from None
+
+
+def _print_reconciliation(rec: Reconciliation) -> None:
+    for alert in rec.alerts:
+        colour = "red" if alert.severity == "critical" else "yellow"
+        console.print(f"[{colour}]{alert.severity.upper()}[/]: {alert.subject} — {alert.action}", highlight=False)
+    glance = Table("partner", "direction", "status", "documents", title="at a glance")
+    for partner, counts in sorted(rec.counts().items()):
+        for key, count in sorted(counts.items()):
+            direction, status = key.split(":", 1)
+            glance.add_row(partner, direction, status, str(count))
+    console.print(glance)
+    exceptions = rec.exceptions()
+    if exceptions:
+        table = Table("partner", "transfer", "type", "file", "status", "code", "what to do", title="needs action")
+        for line in exceptions:
+            table.add_row(
+                line.partner,
+                line.transfer_id,
+                line.document_type,
+                line.file,
+                line.status,
+                line.status_code or "",
+                line.action,
+            )
+        console.print(table)
+    start = line_time(rec.period_start) if rec.period_start else "the beginning"
+    console.print(
+        f"period {start} → {line_time(rec.period_end)}: {len(rec.lines)} documents, "
+        f"{len(exceptions)} need action, {len(rec.unsolicited)} unsolicited and "
+        f"{len(rec.duplicates)} duplicate receipts"
+    )
+
+
+def line_time(moment: datetime) -> str:
+    from .clock import rfc3339
+
+    return rfc3339(moment)
+
+
+@app.command()
+def reconcile(
+    since: Annotated[
+        str | None, typer.Option(help="Period start (RFC 3339), or 'all'; default: the last report.")
+    ] = None,
+) -> None:
+    """Classify every document sent and received: delivered, pending, overdue, rejected, mismatch…"""
+    from .reconcile import from_ledger
+    from .runtime import open_ledger
+
+    config = _config()
+    with open_ledger(config) as ledger:
+        rec = from_ledger(config, ledger, now=utc_now(), since=_since(since, ledger))
+    _print_reconciliation(rec)
 
 
 @keys_app.command("generate")

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from .clock import parse_rfc3339
-from .ledger import Inbound, Transfer
+from .clock import parse_rfc3339, rfc3339
+from .config import Config
+from .keys import list_keys
+from .ledger import Inbound, Ledger, Transfer
 
 OUT_CLASSES = ("overdue", "rejected", "mismatch", "invalid-receipt", "failed", "delivered-late", "pending", "delivered")
 IN_CLASSES = ("rejected", "pending", "accepted")
@@ -131,7 +133,8 @@ class Reconciliation:
     def exceptions(self) -> list[Line]:
         rank = {status: i for i, status in enumerate(EXCEPTIONS)}
         found = [
-            line for line in self.lines
+            line
+            for line in self.lines
             if line.is_exception or (line.direction == "received" and line.status in IN_ACTIONS)
         ]
         return sorted(found, key=lambda x: (rank.get(x.status, len(rank)), x.partner, x.transfer_id))
@@ -171,26 +174,51 @@ def _sent_line(t: Transfer, *, now: datetime, sla: timedelta) -> Line:
     sent, received = _at(t.uploaded_at), _at(t.partner_received_at)
     verified = _at(t.receipted_at or t.rejected_at or t.mismatch_at or t.invalid_receipt_at)
     return Line(
-        direction="sent", partner=t.partner, transfer_id=t.id, document_type=t.document_type, file=t.source_name,
-        size=t.plaintext_size, sha256=t.plaintext_sha256, ciphertext_sha256=t.ciphertext_sha256, sent_at=sent,
-        partner_received_at=received, receipt_verified_at=verified,
-        latency=(received - sent) if sent and received else None, status=status,
-        status_code=t.receipt_status if t.receipt_status not in (None, "ok") else None, detail=detail,
+        direction="sent",
+        partner=t.partner,
+        transfer_id=t.id,
+        document_type=t.document_type,
+        file=t.source_name,
+        size=t.plaintext_size,
+        sha256=t.plaintext_sha256,
+        ciphertext_sha256=t.ciphertext_sha256,
+        sent_at=sent,
+        partner_received_at=received,
+        receipt_verified_at=verified,
+        latency=(received - sent) if sent and received else None,
+        status=status,
+        status_code=t.receipt_status if t.receipt_status not in (None, "ok") else None,
+        detail=detail,
         action=ACTIONS.get(status, ""),
         transport_pq=None if t.transport_pq is None else bool(t.transport_pq),
-        content_pq=None if t.content_pq is None else bool(t.content_pq), sla=sla, kex=t.ssh_kex,
+        content_pq=None if t.content_pq is None else bool(t.content_pq),
+        sla=sla,
+        kex=t.ssh_kex,
     )
 
 
 def _received_line(r: Inbound) -> Line:
     status = "pending" if r.state == "received" else r.state
     return Line(
-        direction="received", partner=r.partner, transfer_id=r.transfer_id, document_type=r.document_type,
-        file=r.remote_name, size=r.plaintext_size or r.ciphertext_size, sha256=r.plaintext_sha256,
-        ciphertext_sha256=r.ciphertext_sha256, sent_at=None, partner_received_at=_at(r.received_at),
-        receipt_verified_at=_at(r.receipt_sent_at), latency=None, status=status,
-        status_code=r.status if r.status not in (None, "ok") else None, detail=r.detail or "",
-        action=IN_ACTIONS.get(status, ""), transport_pq=None, content_pq=None, sla=None,
+        direction="received",
+        partner=r.partner,
+        transfer_id=r.transfer_id,
+        document_type=r.document_type,
+        file=r.remote_name,
+        size=r.plaintext_size or r.ciphertext_size,
+        sha256=r.plaintext_sha256,
+        ciphertext_sha256=r.ciphertext_sha256,
+        sent_at=None,
+        partner_received_at=_at(r.received_at),
+        receipt_verified_at=_at(r.receipt_sent_at),
+        latency=None,
+        status=status,
+        status_code=r.status if r.status not in (None, "ok") else None,
+        detail=r.detail or "",
+        action=IN_ACTIONS.get(status, ""),
+        transport_pq=None,
+        content_pq=None,
+        sla=None,
     )
 
 
@@ -204,17 +232,33 @@ def key_alerts(keys: Iterable[KeyFact], *, now: datetime, window: timedelta) -> 
     for key in keys:
         who = "our" if key.owner == "us" else f"partner {key.owner}'s"
         if key.expires is not None and key.expires <= now:
-            alerts.append(Alert("critical", f"{who} {key.kind} has expired",
-                                f"{key.fingerprint} expired {key.expires.isoformat(timespec='seconds')}",
-                                "Roll the key over and exchange the new certificate now."))
+            alerts.append(
+                Alert(
+                    "critical",
+                    f"{who} {key.kind} has expired",
+                    f"{key.fingerprint} expired {key.expires.isoformat(timespec='seconds')}",
+                    "Roll the key over and exchange the new certificate now.",
+                )
+            )
         elif key.expires is not None and key.expires - now <= window:
-            alerts.append(Alert("warning", f"{who} {key.kind} expires in {(key.expires - now).days} days",
-                                f"{key.fingerprint} expires {key.expires.isoformat(timespec='seconds')}",
-                                "Agree the roll-over with the partner and exchange the new certificate."))
+            alerts.append(
+                Alert(
+                    "warning",
+                    f"{who} {key.kind} expires in {(key.expires - now).days} days",
+                    f"{key.fingerprint} expires {key.expires.isoformat(timespec='seconds')}",
+                    "Agree the roll-over with the partner and exchange the new certificate.",
+                )
+            )
         for problem in key.problems:
             if "expire" not in problem:
-                alerts.append(Alert("critical", f"{who} {key.kind} is unusable", f"{key.fingerprint}: {problem}",
-                                    "Replace the key; nothing can be sealed or verified with it."))
+                alerts.append(
+                    Alert(
+                        "critical",
+                        f"{who} {key.kind} is unusable",
+                        f"{key.fingerprint}: {problem}",
+                        "Replace the key; nothing can be sealed or verified with it.",
+                    )
+                )
     return alerts
 
 
@@ -244,8 +288,9 @@ def reconcile(
         if _in_period(r.received_at, since, now) or r.state == "received" or _in_period(r.updated_at, since, now):
             lines.append(_received_line(r))
     notes = [n for n in receipt_notes if since is None or n.fetched_at >= since]
-    unsolicited = tuple(n for n in notes if n.verdict in ("unknown-transfer",) or
-                        (n.verdict == "invalid" and n.transfer_id is None))
+    unsolicited = tuple(
+        n for n in notes if n.verdict in ("unknown-transfer",) or (n.verdict == "invalid" and n.transfer_id is None)
+    )
     duplicates = tuple(n for n in notes if n.verdict in ("duplicate", "conflict"))
     alerts: list[Alert] = []
     by_partner: dict[tuple[str, str], int] = {}
@@ -253,22 +298,79 @@ def reconcile(
         if line.direction == "sent" and line.status in EXCEPTIONS:
             by_partner[(line.partner, line.status)] = by_partner.get((line.partner, line.status), 0) + 1
     for (partner, status), count in sorted(by_partner.items()):
-        alerts.append(Alert("critical", f"{count} {status} document(s) for {partner}", ACTIONS[status],
-                            ACTIONS[status]))
+        alerts.append(
+            Alert("critical", f"{count} {status} document(s) for {partner}", ACTIONS[status], ACTIONS[status])
+        )
     rejected_in = [line for line in lines if line.direction == "received" and line.status == "rejected"]
     if rejected_in:
-        alerts.append(Alert("warning", f"we rejected {len(rejected_in)} document(s) from partners",
-                            ", ".join(sorted({f"{x.partner}: {x.status_code}" for x in rejected_in})),
-                            IN_ACTIONS["rejected"]))
+        alerts.append(
+            Alert(
+                "warning",
+                f"we rejected {len(rejected_in)} document(s) from partners",
+                ", ".join(sorted({f"{x.partner}: {x.status_code}" for x in rejected_in})),
+                IN_ACTIONS["rejected"],
+            )
+        )
     if unsolicited:
-        alerts.append(Alert("warning", f"{len(unsolicited)} unsolicited receipt(s)",
-                            "receipts that match no document we sent (kept in quarantine)",
-                            "Check with the partner which transfer they meant."))
+        alerts.append(
+            Alert(
+                "warning",
+                f"{len(unsolicited)} unsolicited receipt(s)",
+                "receipts that match no document we sent (kept in quarantine)",
+                "Check with the partner which transfer they meant.",
+            )
+        )
     alerts.extend(key_alerts(keys, now=now, window=key_window))
     order = {s: i for i, s in enumerate(OUT_CLASSES)}
     lines.sort(key=lambda x: (x.direction, x.partner, order.get(x.status, 99), x.transfer_id))
     return Reconciliation(
-        party_id=party_id, party_name=party_name, period_start=since, period_end=now, generated_at=now,
-        lines=tuple(lines), unsolicited=unsolicited, duplicates=duplicates,
+        party_id=party_id,
+        party_name=party_name,
+        period_start=since,
+        period_end=now,
+        generated_at=now,
+        lines=tuple(lines),
+        unsolicited=unsolicited,
+        duplicates=duplicates,
         alerts=tuple(sorted(alerts, key=lambda a: a.severity != "critical")),
     )
+
+
+# -- the adapter: read the ledger and the keys (I/O at the edge) -------------------------------------------
+
+LAST_REPORT_KEY = "last_report_until"
+
+
+def from_ledger(config: Config, ledger: Ledger, *, now: datetime, since: datetime | None) -> Reconciliation:
+    """Build the reconciliation of ``[since, now)`` from the ledger and the configured keys."""
+    transfers, inbound = ledger.for_reconcile(rfc3339(since) if since else None)
+    notes = [
+        ReceiptNote(
+            r["partner"], r["name"], r["transfer_id"], r["verdict"], r["reason"], parse_rfc3339(r["fetched_at"])
+        )
+        for r in ledger.receipt_records(rfc3339(since) if since else None)
+    ]
+    facts = []
+    for row in list_keys(config, now):
+        owner = "us" if row.owner.startswith("us") else row.owner.removeprefix("partner ").split()[0]
+        if row.kind in ("pinned host key", "SSH login key"):
+            continue  # SSH keys carry no expiry
+        problems = tuple(p for p in row.problems if "expire" not in p)
+        facts.append(KeyFact(owner, row.kind, row.fingerprint, _at(row.expires), problems))
+    return reconcile(
+        transfers,
+        inbound,
+        notes,
+        party_id=config.party.id,
+        party_name=config.party.name,
+        now=now,
+        since=since,
+        sla=lambda partner, doc_type: timedelta(hours=config.sla(partner, doc_type)),
+        keys=facts,
+        key_window=timedelta(days=config.report.key_expiry_warning_days),
+    )
+
+
+def last_report_until(ledger: Ledger) -> datetime | None:
+    """The end of the last report's period: the default start of the next one."""
+    return _at(ledger.meta(LAST_REPORT_KEY))
