@@ -11,14 +11,17 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+from sftp_pipeline.clock import Clock, utc_now
 from sftp_pipeline.config import Config, load_config
 from sftp_pipeline.inbound import Collector, CollectReport
 from sftp_pipeline.keys import GeneratedKeys, generate_keys
 from sftp_pipeline.ledger import Inbound, Transfer
 from sftp_pipeline.outbound import Outbound, SendReport
 from sftp_pipeline.receipt_pull import PullReport, ReceiptPuller
+from sftp_pipeline.reconcile import Reconciliation, from_ledger
 from sftp_pipeline.runtime import open_runtime
 
 # Why 120 s: a CLI run in these tests moves at most a few MB over loopback; longer means it hung.
@@ -51,35 +54,40 @@ class Party:
         os.utime(path, (0, 1_000_000_000))  # dropped long ago: past any stability window
         return path
 
-    def send(self, *jobs: str) -> SendReport:
+    def send(self, *jobs: str, clock: Clock = utc_now) -> SendReport:
         config = self.config()
         selected = config.jobs_of("send", list(jobs))
 
         async def run() -> SendReport:
-            with open_runtime(config) as rt:
+            with open_runtime(config, clock=clock) as rt:
                 return await Outbound(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run(selected)
 
         return asyncio.run(run())
 
-    def collect(self, *jobs: str) -> CollectReport:
+    def collect(self, *jobs: str, clock: Clock = utc_now) -> CollectReport:
         config = self.config()
 
         async def run() -> CollectReport:
-            with open_runtime(config) as rt:
+            with open_runtime(config, clock=clock) as rt:
                 collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
                 return await collector.run(config.jobs_of("collect", list(jobs)))
 
         return asyncio.run(run())
 
-    def pull_receipts(self, *jobs: str) -> PullReport:
+    def pull_receipts(self, *jobs: str, clock: Clock = utc_now) -> PullReport:
         config = self.config()
 
         async def run() -> PullReport:
-            with open_runtime(config) as rt:
+            with open_runtime(config, clock=clock) as rt:
                 puller = ReceiptPuller(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
                 return await puller.run(config.jobs_of("receipts", list(jobs)))
 
         return asyncio.run(run())
+
+    def reconcile(self, *, now: datetime, since: datetime | None = None) -> Reconciliation:
+        config = self.config()
+        with open_runtime(config) as rt:
+            return from_ledger(config, rt.ledger, now=now, since=since)
 
     def inbound(self) -> list[Inbound]:
         with open_runtime(self.config()) as rt:
