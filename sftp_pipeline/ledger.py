@@ -20,6 +20,8 @@ partner and *their* transfer id) and the receipts partners send us
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -154,6 +156,19 @@ CREATE TABLE IF NOT EXISTS receipts (
     fetched_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS receipts_transfer ON receipts (partner, transfer_id);
+-- The feed of the audit log (sftp_pipeline/audit.py): one row per change of a transfer, an inbound document
+-- or a received receipt, written in the same transaction as the change; ``seq`` orders all three kinds, and
+-- ``data`` is a JSON snapshot of the row's hashes, sizes and timestamps at that moment.
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('transfer', 'inbound', 'receipt')),
+    ref TEXT NOT NULL,
+    partner TEXT NOT NULL,
+    at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT,
+    data TEXT NOT NULL
+);
 """
 
 
@@ -267,6 +282,7 @@ class Ledger:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            self._audit_backfill()
         except sqlite3.Error as exc:
             raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
 
@@ -304,6 +320,7 @@ class Ledger:
             "INSERT INTO events (transfer_id, at, state, detail) VALUES (?, ?, ?, ?)",
             (transfer_id, at, state, detail),
         )
+        self._audit(db, "transfer", transfer_id, at, state, detail)
 
     # -- outbound -----------------------------------------------------------------------------------
 
@@ -434,6 +451,7 @@ class Ledger:
                     now,
                 ),
             )
+            self._audit(db, "inbound", transfer_id, now, "received", None, partner=partner)
         return self.inbound(partner, transfer_id)  # type: ignore[return-value]
 
     def update_inbound(self, partner: str, transfer_id: str, **values: Any) -> Inbound:
@@ -442,13 +460,15 @@ class Ledger:
             raise LedgerError(f"unknown inbound columns: {', '.join(sorted(unknown))}")
         if values.get("state") not in (None, "accepted", "rejected"):
             raise LedgerError(f"illegal inbound state {values['state']}")
-        values["updated_at"] = self.now()
+        changed = ", ".join(sorted(values))
+        now = values["updated_at"] = self.now()
         with self._tx() as db:
             assignments = ", ".join(f"{column} = ?" for column in values)
             db.execute(
                 f"UPDATE inbound SET {assignments} WHERE partner = ? AND transfer_id = ?",  # noqa: S608
                 (*values.values(), partner, transfer_id),
             )
+            self._audit(db, "inbound", transfer_id, now, None, f"set {changed}", partner=partner)
         found = self.inbound(partner, transfer_id)
         if found is None:
             raise LedgerError(f"no inbound document {transfer_id} from {partner} in {self.path}")
@@ -493,7 +513,7 @@ class Ledger:
         receipt_sig: bytes | None = None,
     ) -> None:
         with self._tx() as db:
-            db.execute(
+            cursor = db.execute(
                 """INSERT INTO receipts (partner, name, transfer_id, verdict, reason, status, received_at,
                        validated_at, stored_path, receipt_json, receipt_sig, fetched_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -512,6 +532,8 @@ class Ledger:
                     self.now(),
                 ),
             )
+            row = db.execute("SELECT fetched_at FROM receipts WHERE seq = ?", (cursor.lastrowid,)).fetchone()
+            self._audit(db, "receipt", str(cursor.lastrowid), row["fetched_at"], verdict, reason, partner=partner)
 
     def receipts_for(self, partner: str, transfer_id: str) -> list[dict[str, Any]]:
         rows = self._rows(
@@ -607,6 +629,82 @@ class Ledger:
 
     def integrity_ok(self) -> bool:
         return bool(self._rows("PRAGMA integrity_check")[0][0] == "ok")
+
+    # -- audit feed (read by sftp_pipeline/audit.py) ---------------------------------------------------
+
+    def _audit(
+        self,
+        db: sqlite3.Connection,
+        kind: str,
+        ref: str,
+        at: str,
+        state: str | None,
+        detail: str | None,
+        *,
+        partner: str | None = None,
+    ) -> None:
+        """Append one audit_events row for ``kind``/``ref``, snapshotting its audited columns (same transaction)."""
+        table, key, columns = _AUDITED[kind]
+        where = f"{key} = ?" + (" AND partner = ?" if kind == "inbound" else "")
+        params = (ref, partner) if kind == "inbound" else (ref,)
+        row = db.execute(f"SELECT * FROM {table} WHERE {where}", params).fetchone()  # noqa: S608
+        data = {c: row[c] for c in columns if row[c] is not None}
+        present = set(row.keys())  # sqlite3.Row's ``in`` looks at values, not column names
+        for blob in ("receipt_json", "receipt_sig"):
+            if blob in present and row[blob] is not None:
+                data[f"{blob}_sha256"] = hashlib.sha256(row[blob]).hexdigest()
+        db.execute(
+            "INSERT INTO audit_events (kind, ref, partner, at, state, detail, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, ref, row["partner"], at, state or row["state"], detail, _canonical(data)),
+        )
+
+    def _audit_backfill(self) -> None:
+        """Once per ledger: feed the audit log the history written before audit_events existed."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM meta WHERE key = 'audit_backfilled'").fetchone():
+                return
+            for event in db.execute("SELECT transfer_id, at, state, detail FROM events ORDER BY seq").fetchall():
+                self._audit(db, "transfer", event["transfer_id"], event["at"], event["state"], event["detail"])
+            for row in db.execute("SELECT partner, transfer_id, updated_at FROM inbound ORDER BY created_at"):
+                self._audit(db, "inbound", row["transfer_id"], row["updated_at"], None, None, partner=row["partner"])
+            for row in db.execute("SELECT seq, partner, verdict, reason, fetched_at FROM receipts ORDER BY seq"):
+                self._audit(db, "receipt", str(row["seq"]), row["fetched_at"], row["verdict"], row["reason"])
+            db.execute("INSERT INTO meta (key, value) VALUES ('audit_backfilled', '1')")
+
+    def audit_events_after(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``limit`` audit_events rows with ``seq`` greater than ``seq``, in order (``data`` parsed)."""
+        rows = self._rows("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+    def audit_last_seq(self) -> int:
+        return int(self._rows("SELECT COALESCE(MAX(seq), 0) AS n FROM audit_events")[0]["n"])
+
+    def inbound_by_id(self, transfer_id: str) -> list[Inbound]:
+        """Inbound documents with this (sender's) transfer id, from any partner."""
+        rows = self._rows("SELECT * FROM inbound WHERE transfer_id = ? ORDER BY partner", (transfer_id,))
+        return [Inbound(**{c: r[c] for c in _INBOUND_COLUMNS}) for r in rows]
+
+
+# Columns the audit line itself carries (id, partner, state, time), local paths and receipt bytes (hashed instead).
+_NOT_AUDITED = frozenset({"id", "partner", "transfer_id", "state", "updated_at", "receipt_json", "receipt_sig"})
+# What the audit log records of each kind of row: (table, key column, columns snapshotted when they are set).
+_AUDITED: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "transfer": ("transfers", "id", tuple(c for c in _COLUMNS if c not in _NOT_AUDITED and not c.endswith("_path"))),
+    "inbound": (
+        "inbound",
+        "transfer_id",
+        tuple(c for c in _INBOUND_COLUMNS if c not in _NOT_AUDITED and not c.endswith("_path")),
+    ),
+    "receipt": (
+        "receipts",
+        "seq",
+        ("name", "transfer_id", "verdict", "reason", "status", "received_at", "validated_at", "fetched_at"),
+    ),
+}
+
+
+def _canonical(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _to_transfer(row: sqlite3.Row) -> Transfer:
