@@ -12,7 +12,13 @@ import shutil
 
 import pytest
 
-pytest_plugins = ["tests.peers.gpg", "tests.peers.sshd", "tests.peers.parties", "tests.peers.embedded"]
+pytest_plugins = [
+    "tests.peers.gpg",
+    "tests.peers.sshd",
+    "tests.peers.parties",
+    "tests.peers.embedded",
+    "tests.peers.smtp",
+]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
