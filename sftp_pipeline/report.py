@@ -366,16 +366,13 @@ def defuse(cell: str) -> str:
 
 def _csv_row(line: Line, tz: ZoneInfo) -> list[str]:
     def opt(value: object) -> str:
-        return "" if value is None else str(value)
+        return "" if value is None else ("yes" if value else "no") if isinstance(value, bool) else str(value)
 
     def utc(moment: datetime | None) -> str:
         return rfc3339(moment) if moment is not None else ""
 
     def local(moment: datetime | None) -> str:
         return moment.astimezone(tz).isoformat(timespec="milliseconds") if moment is not None else ""
-
-    def pq(flag: bool | None) -> str:
-        return "" if flag is None else ("yes" if flag else "no")
 
     values = {
         "direction": line.direction, "partner": line.partner, "transfer_id": line.transfer_id,
@@ -385,8 +382,8 @@ def _csv_row(line: Line, tz: ZoneInfo) -> list[str]:
         "receipt_verified_at_utc": utc(line.receipt_verified_at), "sent_at_local": local(line.sent_at),
         "partner_received_at_local": local(line.partner_received_at),
         "latency_seconds": "" if line.latency is None else f"{line.latency.total_seconds():.3f}",
-        "status": line.status, "status_code": opt(line.status_code), "transport_pq": pq(line.transport_pq),
-        "content_pq": pq(line.content_pq), "detail": line.detail,
+        "status": line.status, "status_code": opt(line.status_code), "transport_pq": opt(line.transport_pq),
+        "content_pq": opt(line.content_pq), "detail": line.detail,
     }  # fmt: skip
     return [defuse(values[c]) if c in PARTNER_TEXT_COLUMNS else values[c] for c in CSV_COLUMNS]
 
@@ -465,14 +462,6 @@ def _free_stem(directory: Path, stem: str) -> str:
     raise ReportError(f"{MAX_NAME_SUFFIX} reports {stem}* already exist in {directory}; is a report job looping?")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_report(
     rec: Reconciliation,
     directory: Path,
@@ -502,5 +491,9 @@ def write_report(
         csv_sig=_publish(directory, f"{stem}.csv.sig", csv_sig),
         subject=report_subject(rec, tz),
     )
-    _fsync_dir(directory)
+    dir_fd = os.open(directory, os.O_RDONLY)  # make the four names durable, not only their bytes
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return files
