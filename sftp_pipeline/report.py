@@ -171,14 +171,14 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, row_styles:
     for i, row in enumerate(rows):
         style = row_styles[i] if i < len(row_styles) else ""
         cells = "".join(f'<td style="{_TD}">{cell}</td>' for cell in row)
-        body.append(f'<tr style="{style}">{cells}</tr>')
+        body.append(f'<tr style="{style}">{cells}</tr>' if style else f"<tr>{cells}</tr>")
     if not body:
         body.append(f'<tr><td colspan="{len(headers)}" style="{_TD}{_SMALL}">none</td></tr>')
     return f'<table {_TABLE}width:100%;{_FONT}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
 def _section(title: str, content: str) -> str:
-    return f'<h2 style="{_H2}{_FONT}font-size:16px;">{_e(title)}</h2>{content}'
+    return f'<h2 style="{_FONT}{_H2}">{_e(title)}</h2>{content}'
 
 
 def _header(rec: Reconciliation, tz: ZoneInfo) -> str:
