@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -71,9 +72,7 @@ def test_sync_writes_a_chain_that_verifies(setup: tuple[Ledger, Audit]) -> None:
     ledger, audit = setup
     parsed = [json.loads(raw) for raw in lines(audit)]
     assert [p["seq"] for p in parsed] == list(range(1, 11))
-    assert parsed[0]["prev"] == GENESIS and all(
-        b["prev"] == a["hash"] for a, b in zip(parsed, parsed[1:], strict=False)
-    )
+    assert parsed[0]["prev"] == GENESIS and all(b["prev"] == a["hash"] for a, b in itertools.pairwise(parsed))
     assert [p["state"] for p in parsed[:5]] == ["claimed", "sealed", "uploaded", "receipted", "receipted"]
     assert parsed[1]["data"]["ciphertext_sha256"] == "b" * 64 and parsed[1]["data"]["plaintext_size"] == 10
     assert parsed[4]["kind"] == "receipt" and parsed[4]["data"]["receipt_json_sha256"]
@@ -204,7 +203,7 @@ def test_concurrent_syncs_never_interleave_or_duplicate(tmp_path: Path) -> None:
         try:
             with Ledger(path) as mine:
                 Audit(tmp_path / "audit.jsonl").sync(mine)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(6)]
