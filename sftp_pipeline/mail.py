@@ -111,6 +111,27 @@ class ReportMail:
     text: str | None = None  # the plain-text alternative; derived from the HTML when None
 
 
+# MIME types of the files a report consists of; anything else goes as opaque bytes.
+MIME_BY_SUFFIX = {
+    ".csv": "text/csv",
+    ".html": "text/html",
+    ".sig": "application/pgp-signature",
+    ".asc": "application/pgp-signature",
+}
+
+
+def report_mail(subject: str, html: Path, attachments: Sequence[Path]) -> ReportMail:
+    """A :class:`ReportMail` from files on disk: ``html`` is the body, each attachment goes byte for byte."""
+    try:
+        body = html.read_text(encoding="utf-8")
+        parts = [
+            (p.name, p.read_bytes(), MIME_BY_SUFFIX.get(p.suffix, "application/octet-stream")) for p in attachments
+        ]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MailError(f"cannot read the report to email: {exc}; check that the report was written") from exc
+    return ReportMail(subject=subject, html=body, attachments=parts)
+
+
 class _TextOf(HTMLParser):
     """The visible text of an HTML document, one block per line (for the text/plain alternative)."""
 
