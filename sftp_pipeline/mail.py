@@ -1,7 +1,8 @@
 """Emailing the reconciliation report to settlement staff, with an on-disk outbox so no report is lost.
 
-Every report goes through the outbox (``state_dir/outbox-mail``) first: :func:`send_or_queue` writes the
-message there atomically, then sends every queued message oldest first. What happens to a queued message:
+Every report goes through the outbox (``state_dir/outbox-mail``) first: :func:`email_report` (what the
+CLI calls) writes the message there atomically, reads the password, then sends every queued message oldest
+first; ``email_report(None, …)`` just retries the outbox. What happens to a queued message:
 
 * sent → removed from the outbox (a crash between the two re-sends it once; the Message-ID is unchanged,
   so mail systems can tell it is the same report);
@@ -563,4 +564,24 @@ def send_or_queue(msg: EmailMessage | None, smtp: Smtp, queue: MailQueue, *, pas
     """Queue ``msg`` (if any) on disk first, then send the whole outbox oldest first (older reports go first)."""
     if msg is not None:
         queue.put(msg)
+    return flush(queue, smtp, password=password)
+
+
+def email_report(
+    msg: EmailMessage | None, smtp: Smtp, queue: MailQueue, *, environ: Mapping[str, str] | None = None
+) -> SendResult:
+    """What ``report --email`` calls: queue ``msg`` first, then read the password, then send the outbox.
+
+    A password that cannot be read (variable unset, file too open) leaves everything queued and is
+    reported in ``error``: the report is on disk before anything can go wrong.
+    """
+    if msg is not None:
+        queue.put(msg)
+    try:
+        password = smtp_password(smtp, environ)
+    except PipelineError as exc:
+        error = MailAuthError(f"{_where(smtp)}: cannot read the SMTP password: {exc}; the report stays in the outbox")
+        error.__cause__ = exc
+        log.warning("%s", error)
+        return SendResult(queued=[p.name for p in queue.pending()], error=error)
     return flush(queue, smtp, password=password)

@@ -23,6 +23,7 @@ from sftp_pipeline.mail import (
     SendResult,
     build_message,
     deliver,
+    email_report,
     send_or_queue,
     smtp_password,
 )
@@ -268,3 +269,18 @@ def test_no_password_over_clear_text_even_to_a_trusted_relay(
         deliver(build_message(report(), smtp), smtp, password=Passphrase(SMTP_PASSWORD))
     assert_no_secret(caught.value)
     assert not peer.received and not peer.handler.auth_attempts
+
+
+def test_email_report_queues_before_reading_the_password(
+    smtp_peer: SmtpPeer, queue: MailQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PASSWORD_ENV)
+    smtp = smtp_peer.smtp()
+    result = email_report(build_message(report(), smtp), smtp, queue)
+    assert isinstance(result.error, MailAuthError) and PASSWORD_ENV in str(result.error)
+    assert len(result.queued) == 1 and not smtp_peer.received
+
+    monkeypatch.setenv(PASSWORD_ENV, SMTP_PASSWORD)
+    again = email_report(None, smtp, queue)
+    assert again.ok and again.sent == result.queued
+    check_report(smtp_peer)
