@@ -145,7 +145,7 @@ class Audit:
         head = read_head(self.head_path)
         stored = ledger.meta(HEAD_META_KEY.format(name=self.path.name))
         for anchor, where in ((head, str(self.head_path)), (stored and Head.parse(stored, "ledger meta"), "ledger")):
-            if anchor and (last is None or last["seq"] < anchor.seq):
+            if anchor and (last["seq"] if last else 0) < anchor.seq:
                 raise AuditError(
                     f"{self.path}: the log ends at seq {last['seq'] if last else 0} but {where} records seq "
                     f"{anchor.seq}: lines were removed. Run `sftp-pipeline audit verify`, restore the log from a "

@@ -32,7 +32,16 @@ class Runtime:
     clock: Clock
 
     def close(self) -> None:
-        self.ledger.close()
+        """Bring the audit log up to date with everything this run changed, then close the ledger.
+
+        A crash before this point loses nothing: the next sync appends whatever the ledger holds beyond the log.
+        """
+        from .audit import sync_audit
+
+        try:
+            sync_audit(self.config, self.ledger)
+        finally:
+            self.ledger.close()
 
     def __enter__(self) -> Runtime:
         return self
