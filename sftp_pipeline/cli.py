@@ -37,6 +37,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Our OpenPGP and SSH keys, and our partners'.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+audit_app = typer.Typer(help="The hash-chained audit log of every state change.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -414,6 +416,54 @@ def _email(config: Config, files: ReportFiles) -> None:
         err_console.print(f"[yellow]queued[/] {len(result.queued)} report(s) for the next run: {result.error}")
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit log: any edit, deletion, insertion, reordering or truncation is named by line."""
+    from .audit import verify_log
+    from .runtime import open_ledger
+
+    config = _config()
+    with open_ledger(config) as ledger:  # read only: a sync would refuse a cut log and repair a torn line
+        result = verify_log(config, ledger)
+    if not result.ok:
+        err_console.print(f"[red]audit log NOT intact[/]: {result.problem}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+    pending = f"; {result.pending} events not yet exported (the next run appends them)" if result.pending else ""
+    console.print(f"OK: {result.lines} lines, last seq {result.last_seq}, head {result.last_hash}{pending}")
+
+
+@app.command()
+def evidence(
+    what: Annotated[str, typer.Argument(help="A transfer id, or 'verify'.")],
+    bundle: Annotated[Path | None, typer.Argument(help="With 'verify': the bundle to check.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the bundle (.zip).")] = None,
+    partner: Annotated[str | None, typer.Option(help="The partner, if the id is ambiguous.")] = None,
+) -> None:
+    """`evidence TRANSFER_ID -o FILE` writes a self-contained proof of delivery; `evidence verify FILE` checks one
+    offline (signatures, hashes, audit chain) and says what it proves."""
+    from .evidence import build_evidence, verify_evidence
+
+    if what == "verify":
+        if bundle is None:
+            raise ConfigError("evidence verify FILE: name the bundle to check")
+        result = verify_evidence(bundle, now=utc_now())
+        table = Table("check", "result", "detail", title=str(bundle))
+        for finding in result.findings:
+            table.add_row(finding.check, "[green]ok[/]" if finding.ok else "[red]FAILED[/]", finding.detail)
+        console.print(table)
+        console.print(result.summary)
+        if not result.ok:
+            raise typer.Exit(EXIT_FAILED)
+        return
+    from .runtime import open_ledger
+
+    config = _config()
+    target = output or Path(f"evidence-{what}.zip")
+    with open_ledger(config) as ledger:
+        path = build_evidence(config, ledger, what, target, partner=partner)
+    console.print(f"evidence for {what}: {path}\ncheck it anywhere with: sftp-pipeline evidence verify {path}")
 
 
 @keys_app.command("generate")
