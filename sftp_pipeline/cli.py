@@ -239,6 +239,7 @@ def status(
     partner: Annotated[str | None, typer.Option(help="Only this partner.")] = None,
 ) -> None:
     """Show recent transfers and their state."""
+    from .reconcile import from_ledger, last_report_until
     from .runtime import open_ledger
 
     config = _config()
@@ -246,6 +247,10 @@ def status(
         rows = ledger.recent(limit, partner)
         inbound = ledger.inbound_recent(limit, partner)
         counts = ledger.counts()
+        alerts = from_ledger(config, ledger, now=utc_now(), since=last_report_until(ledger)).alerts
+    for alert in alerts:  # overdue receipts, rejections, expiring keys: first, as in the report
+        colour = "red" if alert.severity == "critical" else "yellow"
+        console.print(f"[{colour}]{alert.severity.upper()}[/]: {alert.subject} — {alert.action}", highlight=False)
     if not rows and not inbound:
         console.print("no transfers yet")
         return

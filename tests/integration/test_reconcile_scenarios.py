@@ -187,3 +187,8 @@ def test_every_class_from_real_exchanges(tmp_path: Path, sshd: Sshd) -> None:
     assert sorted(by_file(received.lines, "received").values()) == ["accepted", "accepted", "rejected", "rejected"]
     late = next(line for line in received.lines if line.direction == "sent")
     assert late.latency is not None and late.latency > timedelta(days=1)
+    # The same alerts lead `status`, for the operator at the console (real time: rejected and mismatch now).
+    shown = aggregator.cli("status")
+    assert shown.returncode == 0
+    assert "CRITICAL: 1 rejected document(s) for utility" in shown.stdout
+    assert "CRITICAL: 1 mismatch document(s) for utility" in shown.stdout
