@@ -52,6 +52,8 @@ DEFAULT_SMTP_TIMEOUT = 30.0
 DEFAULT_SLA_HOURS = 24.0
 # Why 30 days: time to agree a key roll-over with a partner before its key expires.
 DEFAULT_KEY_EXPIRY_WARNING_DAYS = 30
+DEFAULT_CATCH_UP_GRACE_HOURS = 6.0
+DEFAULT_RESCAN_SECONDS = 30.0
 # Why 8: enough requests to fill a LAN link with small files without starving a large upload.
 DEFAULT_FILES_IN_FLIGHT = 8
 
@@ -210,11 +212,41 @@ class Limits(_Model):
     max_document_bytes: int = Field(default=DEFAULT_MAX_DOCUMENT_BYTES, gt=0)
 
 
-class _JobBase(_Model):
+class _Scheduled(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    partner: PartyId
+    # A 5-field cron expression ("30 2 * * *" = 02:30 every day) in ``timezone``; the daemon runs the job then.
     schedule: str | None = None
     timezone: str = "UTC"
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r} is not a 5-field cron expression (minute hour day month weekday), e.g. '30 2 * * *': {exc}"
+            ) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, zone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r}; use an IANA name such as 'America/Chicago'") from None
+        return zone
+
+
+class _JobBase(_Scheduled):
+    partner: PartyId
 
 
 class SendJob(_JobBase):
@@ -226,6 +258,8 @@ class SendJob(_JobBase):
     pattern: str = "*"
     max_document_bytes: int | None = Field(default=None, gt=0)
     stable_seconds: float = Field(default=DEFAULT_STABLE_SECONDS, ge=0)
+    # Watch the folder (the daemon sends a dropped file within about a second), besides any schedule.
+    watch: bool = False
 
 
 class CollectJob(_JobBase):
@@ -244,8 +278,27 @@ class ReceiptsJob(_JobBase):
     kind: Literal["receipts"]
 
 
-Job = Annotated[SendJob | CollectJob | ReceiptsJob, Field(discriminator="kind")]
-_JOB_ADAPTER: TypeAdapter[SendJob | CollectJob | ReceiptsJob] = TypeAdapter(Job)
+class ReportJob(_Scheduled):
+    """Reconcile and write the signed report (and email it when ``email``): the morning settlement report."""
+
+    kind: Literal["report"]
+    email: bool = True
+
+
+AnyJob = SendJob | CollectJob | ReceiptsJob | ReportJob
+Job = Annotated[AnyJob, Field(discriminator="kind")]
+_JOB_ADAPTER: TypeAdapter[AnyJob] = TypeAdapter(Job)
+
+
+class Daemon(_Model):
+    """``sftp-pipeline run``: schedules, watched folders and the embedded server in one process."""
+
+    # Why 6 h: a nightly run missed while the host rebooted at 02:00 still runs if it is back by 08:00;
+    # later than that, running it unasked could surprise the operators — it is reported instead.
+    catch_up_grace_hours: float = Field(default=DEFAULT_CATCH_UP_GRACE_HOURS, ge=0)
+    # Why 30 s: the safety net for events a watcher missed (inotify overflow, network shares) without
+    # rescanning large folders too often.
+    rescan_seconds: float = Field(default=DEFAULT_RESCAN_SECONDS, gt=0)
 
 
 class Config(_Model):
@@ -258,6 +311,7 @@ class Config(_Model):
     limits: Limits = Limits()
     smtp: Smtp | None = None
     report: Report = Report()
+    daemon: Daemon = Daemon()
     partners: dict[str, Partner] = {}
     jobs: dict[str, Job] = {}
 
@@ -269,6 +323,8 @@ class Config(_Model):
             if partner.id == self.party.id:
                 raise ValueError(f"partners.{key}: a partner cannot have our own party id")
         for job in self.jobs.values():
+            if isinstance(job, ReportJob):
+                continue
             if job.partner not in self.partners:
                 raise ValueError(
                     f"job {job.name!r} names partner {job.partner!r}, which is not configured; "
@@ -388,7 +444,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
-def load_job(path: Path) -> SendJob | CollectJob | ReceiptsJob:
+def load_job(path: Path) -> AnyJob:
     raw = _read_toml(path)
     raw.setdefault("name", path.stem)
     for key in ("source", "deliver_to"):
@@ -413,7 +469,7 @@ def load_config(path: str | Path) -> Config:
         pass
     elif isinstance(raw["server"], dict) and "root" not in raw["server"]:
         raw["server"]["root"] = str(path.parent / "sftp-root")
-    jobs: dict[str, SendJob | CollectJob | ReceiptsJob] = {}
+    jobs: dict[str, AnyJob] = {}
     jobs_dir = Path(raw["jobs_dir"])
     if jobs_dir.is_dir():
         for job_file in sorted(jobs_dir.glob("*.toml")):

@@ -79,3 +79,25 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[party\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [('schedule = "99 2 * * *"', "not a 5-field cron expression"), ('timezone = "Mars/Olympus"', "unknown time zone")],
+)
+def test_schedules_are_validated(tmp_path: Path, line: str, message: str) -> None:
+    path = example(tmp_path)
+    job = tmp_path / "jobs" / "invoices-to-utility.toml"
+    job.write_text(job.read_text() + line + "\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(job) in str(info.value)
+
+
+def test_a_report_job_needs_no_partner(tmp_path: Path) -> None:
+    path = example(tmp_path)
+    (tmp_path / "jobs" / "morning-report.toml").write_text(
+        'kind = "report"\nschedule = "0 7 * * 1-5"\ntimezone = "America/Chicago"\n'
+    )
+    job = load_config(path).jobs["morning-report"]
+    assert job.kind == "report" and job.email and job.schedule == "0 7 * * 1-5"
