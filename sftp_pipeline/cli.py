@@ -23,9 +23,7 @@ from . import __version__
 from .clock import utc_now
 from .config import DEFAULT_CONFIG_NAME, Config, load_config
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
-from .ledger import Ledger
 from .reconcile import Reconciliation
-from .report import ReportFiles
 from .transport import Progress as ProgressCallback
 
 app = typer.Typer(
@@ -368,53 +366,24 @@ def report(
     ] = False,
 ) -> None:
     """Write the signed reconciliation report (HTML + CSV) and optionally email it to settlement staff."""
-    from zoneinfo import ZoneInfo
-
-    from .clock import rfc3339
-    from .reconcile import LAST_REPORT_KEY, from_ledger
-    from .report import write_report
+    from .reporting import produce_report
     from .runtime import open_runtime
 
     config = _config()
     if email and config.smtp is None:
         raise ConfigError(f"{config.path}: --email needs an [smtp] section (see docs/configuration.md)")
-    now = utc_now()
     with open_runtime(config) as rt:
-        rec = from_ledger(config, rt.ledger, now=now, since=_since(since, rt.ledger))
-        head = _audit_head(config, rt.ledger)
-        files = write_report(
-            rec,
-            config.state_dir / "reports",
-            signer=rt.keys.signer,
-            tz=ZoneInfo(config.report.timezone),
-            audit_head=head,
-        )
-        rt.ledger.set_meta(LAST_REPORT_KEY, rfc3339(now))
-    _print_reconciliation(rec)
+        produced = produce_report(rt, now=utc_now(), since=_since(since, rt.ledger) if since else "last", email=email)
+    files = produced.files
+    _print_reconciliation(produced.reconciliation)
     console.print(
         f"report: {files.html}\n        {files.csv}\n        (signatures: {files.html_sig.name}, {files.csv_sig.name})"
     )
-    if email:
-        _email(config, files)
-
-
-def _audit_head(config: Config, ledger: Ledger) -> str | None:
-    """Bring the audit log up to date and return its head, which the signed report then anchors."""
-    from .audit import audit_path, head_path, read_head, sync_audit
-
-    sync_audit(config, ledger)
-    head = read_head(head_path(audit_path(config)))
-    return f"line {head.lines}, seq {head.seq}, sha256 {head.hash}" if head else None
-
-
-def _email(config: Config, files: ReportFiles) -> None:
-    from .mail import MailQueue, build_message, email_report, report_mail
-
-    assert config.smtp is not None
-    mail = report_mail(files.subject, files.html, [files.csv, files.html_sig, files.csv_sig])
-    result = email_report(build_message(mail, config.smtp), config.smtp, MailQueue.in_state_dir(config.state_dir))
+    result = produced.mail
+    if result is None:
+        return
     for name in result.sent:
-        console.print(f"emailed {name} to {', '.join(config.smtp.recipients)}")
+        console.print(f"emailed {name} to {', '.join(config.smtp.recipients)}")  # type: ignore[union-attr]
     for name, why in result.failed:
         err_console.print(f"[red]not emailed[/] {name}: {why} (kept in the mail outbox's failed/ folder)")
     if result.queued:

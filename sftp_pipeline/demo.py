@@ -29,12 +29,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
 
-from .clock import rfc3339, utc_now
+from .clock import utc_now
 from .config import Config, load_config
 from .errors import ConfigError
 from .inbound import Collector, collect_on_upload
@@ -42,8 +41,9 @@ from .inbound import Outcome as CollectOutcome
 from .keys import generate_keys
 from .outbound import Outbound
 from .receipt_pull import ReceiptPuller
-from .reconcile import LAST_REPORT_KEY, Reconciliation, from_ledger
-from .report import ReportFiles, write_report
+from .reconcile import Reconciliation
+from .report import ReportFiles
+from .reporting import produce_report
 from .runtime import Runtime, open_runtime
 from .samples import Opened, gnupg_key, open_with_gnupg, write_samples, write_utility_samples
 from .server import EmbeddedServer
@@ -198,23 +198,12 @@ class Exchange:
 
 
 def _report(side: Side, rt: Runtime) -> None:
-    """Reconcile, write the signed report, and email it if the party has an [smtp] relay."""
-    from .mail import MailQueue, build_message, email_report, report_mail
-
-    config = side.config
-    now = utc_now()
-    side.reconciliation = from_ledger(config, rt.ledger, now=now, since=None)
-    side.report = write_report(
-        side.reconciliation, config.state_dir / "reports", signer=rt.keys.signer, tz=ZoneInfo(config.report.timezone)
-    )
-    rt.ledger.set_meta(LAST_REPORT_KEY, rfc3339(now))
-    if config.smtp is None:
-        return
-    files = side.report
-    mail = report_mail(files.subject, files.html, [files.csv, files.html_sig, files.csv_sig])
-    result = email_report(build_message(mail, config.smtp), config.smtp, MailQueue.in_state_dir(config.state_dir))
-    side.emailed = result.sent
-    side.mail_problem = "" if result.ok else str(result.error or result.failed)
+    """Reconcile, write the signed report, and email it to the party's [smtp] relay."""
+    produced = produce_report(rt, now=utc_now(), since=None, email=True)
+    side.reconciliation, side.report = produced.reconciliation, produced.files
+    if produced.mail is not None:
+        side.emailed = produced.mail.sent
+        side.mail_problem = "" if produced.mail.ok else str(produced.mail.error or produced.mail.failed)
 
 
 async def _exchange(utility: Config, agg_dir: Path, smtp_port: int | None) -> Exchange:

@@ -1,0 +1,54 @@
+"""The reporting service: reconcile a period, write the signed report, email it — one call for the CLI,
+the daemon's report jobs and the demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from .audit import audit_path, head_path, read_head, sync_audit
+from .clock import rfc3339
+from .mail import MailQueue, SendResult, build_message, email_report, report_mail
+from .reconcile import LAST_REPORT_KEY, Reconciliation, from_ledger, last_report_until
+from .report import ReportFiles, write_report
+from .runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Produced:
+    reconciliation: Reconciliation
+    files: ReportFiles
+    mail: SendResult | None  # None: not asked to email
+
+
+def audit_anchor(rt: Runtime) -> str | None:
+    """Bring the audit log up to date and describe its head, which the signed report then anchors."""
+    sync_audit(rt.config, rt.ledger)
+    head = read_head(head_path(audit_path(rt.config)))
+    return f"line {head.lines}, seq {head.seq}, sha256 {head.hash}" if head else None
+
+
+def produce_report(rt: Runtime, *, now: datetime, since: datetime | str | None = "last", email: bool) -> Produced:
+    """Reconcile ``[since, now)`` (default: since the last report), write and sign the report, email it if asked.
+
+    The report is on disk, and the period marked as reported, before any email is attempted: a relay that is
+    down only delays the email (the outbox keeps it), never the report.
+    """
+    config = rt.config
+    start = last_report_until(rt.ledger) if since == "last" else since
+    assert not isinstance(start, str)
+    rec = from_ledger(config, rt.ledger, now=now, since=start)
+    files = write_report(
+        rec,
+        config.state_dir / "reports",
+        signer=rt.keys.signer,
+        tz=ZoneInfo(config.report.timezone),
+        audit_head=audit_anchor(rt),
+    )
+    rt.ledger.set_meta(LAST_REPORT_KEY, rfc3339(now))
+    result = None
+    if email and config.smtp is not None:
+        mail = report_mail(files.subject, files.html, [files.csv, files.html_sig, files.csv_sig])
+        result = email_report(build_message(mail, config.smtp), config.smtp, MailQueue.in_state_dir(config.state_dir))
+    return Produced(rec, files, result)
