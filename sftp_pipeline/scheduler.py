@@ -284,6 +284,19 @@ class ScheduledJob(Protocol):
 J = TypeVar("J", bound=ScheduledJob)
 
 
+class LedgerMarks:
+    """The ledger's ``meta`` table as a :class:`MarkStore` (a ``Ledger`` also fits the protocol as it is)."""
+
+    def __init__(self, ledger: MarkStore) -> None:
+        self._ledger = ledger
+
+    def meta(self, key: str) -> str | None:
+        return self._ledger.meta(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._ledger.set_meta(key, value)
+
+
 def last_run_key(job: str) -> str:
     return f"last_run:{job}"
 
@@ -415,9 +428,12 @@ class JobScheduler(Generic[J]):
             aps.shutdown(wait=False)
             await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop iteration
 
-    async def trigger(self, job: J, reason: str) -> bool:
-        """Run ``job`` now, after a run in progress; joins an already queued run. True if it succeeded."""
-        return await asyncio.shield(self._submit(job, reason, mark=False))
+    async def trigger(self, job: J, reason: str) -> None:
+        """Run ``job`` now, or after its run in progress (joining a run already queued); returns when done.
+
+        A failing run is logged here and does not raise (``run`` reports its own errors).
+        """
+        await asyncio.shield(self._submit(job, reason, mark=False))
 
     async def _fire(self, name: str) -> None:
         job = self._scheduled[name]

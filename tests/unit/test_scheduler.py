@@ -25,7 +25,7 @@ CHI = ZoneInfo(CHICAGO)
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc, arg-type]
 
 
 def local_dates(times: list[datetime], zone: ZoneInfo) -> list[date]:
