@@ -232,6 +232,33 @@ def serve() -> None:
 
 
 @app.command()
+def check() -> None:
+    """Check every partner: connect, verify the host key, list the remote folders, check both parties' keys,
+    and say whether the key exchange was post-quantum. Exit 1 on any problem."""
+    from .check import run_checks
+
+    config = _config()
+    results = asyncio.run(run_checks(config, now=utc_now()))
+    table = Table("partner", "check", "result", "detail", title="check")
+    for r in results:
+        verdict = "[green]ok[/]" if r.ok else "[red]FAILED[/]"
+        if r.ok and r.detail.startswith("WARNING"):
+            verdict = "[yellow]warning[/]"
+        table.add_row(r.partner or "us", r.what, verdict, r.detail)
+    console.print(table)
+    if not all(r.ok for r in results):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def run() -> None:
+    """The daemon: schedules, watched drop folders and the embedded SFTP server in one process (SIGTERM stops it)."""
+    from .daemon import run_daemon
+
+    run_daemon(_config())
+
+
+@app.command()
 def status(
     limit: Annotated[int, typer.Option(help="How many recent transfers to show.")] = 30,
     partner: Annotated[str | None, typer.Option(help="Only this partner.")] = None,
