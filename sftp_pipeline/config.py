@@ -218,21 +218,6 @@ class _Scheduled(_Model):
     schedule: str | None = None
     timezone: str = "UTC"
 
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
-            raise ValueError(
-                f"{value!r} is not a 5-field cron expression (minute hour day month weekday), e.g. '30 2 * * *': {exc}"
-            ) from None
-        return value
-
     @field_validator("timezone")
     @classmethod
     def _zone(cls, zone: str) -> str:
@@ -243,6 +228,22 @@ class _Scheduled(_Model):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {zone!r}; use an IANA name such as 'America/Chicago'") from None
         return zone
+
+
+    @model_validator(mode="after")
+    def _cron(self) -> _Scheduled:
+        """Check the schedule with crontab's own meaning (0 and 7 are Sunday) and that it ever fires."""
+        if self.schedule is not None:
+            from .scheduler import CronSchedule
+
+            try:
+                CronSchedule(self.schedule, self.timezone)
+            except ValueError as exc:
+                raise ValueError(
+                    f"schedule {self.schedule!r} is not a usable 5-field cron expression "
+                    f"(minute hour day month weekday), e.g. '30 2 * * *': {exc}"
+                ) from None
+        return self
 
 
 class _JobBase(_Scheduled):

@@ -83,7 +83,11 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("line", "message"),
-    [('schedule = "99 2 * * *"', "not a 5-field cron expression"), ('timezone = "Mars/Olympus"', "unknown time zone")],
+    [
+        ('schedule = "99 2 * * *"', "not a usable 5-field cron expression"),
+        ('schedule = "0 0 31 2 *"', "not a usable 5-field cron expression"),
+        ('timezone = "Mars/Olympus"', "unknown time zone"),
+    ],
 )
 def test_schedules_are_validated(tmp_path: Path, line: str, message: str) -> None:
     path = example(tmp_path)
@@ -101,3 +105,9 @@ def test_a_report_job_needs_no_partner(tmp_path: Path) -> None:
     )
     job = load_config(path).jobs["morning-report"]
     assert job.kind == "report" and job.email and job.schedule == "0 7 * * 1-5"
+
+
+def test_sunday_is_7_as_in_crontab(tmp_path: Path) -> None:
+    path = example(tmp_path)
+    (tmp_path / "jobs" / "weekly.toml").write_text('kind = "report"\nschedule = "0 6 * * 7"\n')
+    assert load_config(path).jobs["weekly"].schedule == "0 6 * * 7"
