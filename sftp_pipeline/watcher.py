@@ -39,7 +39,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .config import SendJob
 from .dropfolder import classify, look
@@ -104,6 +104,8 @@ class _JobState:
     why: str = ""  # what asked for the next run when no event named a file (a recheck or the rescan)
     found: int = 0  # how many ready files that look saw
     runs: int = 0
+    watch: ObservedWatch | None = None
+    inode: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder the watch is on
 
 
 class _Handler(FileSystemEventHandler):
@@ -184,8 +186,7 @@ class DropWatcher:
         observer = Observer()
         for state in self._states:
             try:
-                Path(state.folder).mkdir(parents=True, exist_ok=True)
-                observer.schedule(_Handler(self, state), state.folder, recursive=False, event_filter=WATCHED_EVENTS)
+                self._watch(observer, state)
             except OSError as exc:
                 observer.stop()
                 raise OSError(
@@ -198,6 +199,33 @@ class DropWatcher:
         self._observer = observer
         self._rescanner = self._loop.create_task(self._rescan_forever(), name="drop-folder rescan")
         log.info("watching %d drop folder(s), rescanning every %s s", len(self._states), self._rescan_seconds)
+
+    def _watch(self, observer: BaseObserver, state: _JobState) -> None:
+        """(Re)place the watch on ``state.folder``, creating the folder if it is missing."""
+        Path(state.folder).mkdir(parents=True, exist_ok=True)
+        if state.watch is not None:
+            with contextlib.suppress(KeyError):  # watchdog may already have dropped a watch on a vanished folder
+                observer.unschedule(state.watch)
+            state.watch = None
+        st = os.stat(state.folder)
+        handler = _Handler(self, state)
+        state.watch = observer.schedule(handler, state.folder, recursive=False, event_filter=WATCHED_EVENTS)
+        state.inode = (st.st_dev, st.st_ino)
+
+    def _rewatch_if_replaced(self, state: _JobState) -> None:
+        """A drop folder renamed away and made anew (or a share remounted) leaves the watch on the old one."""
+        if self._observer is None:
+            return
+        try:
+            st = os.stat(state.folder)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != state.inode:
+            log.warning("send job %r: drop folder %s was replaced; watching the new one", state.job.name, state.folder)
+            try:
+                self._watch(self._observer, state)
+            except OSError as exc:
+                log.error("send job %r: cannot watch drop folder %s again: %s", state.job.name, state.folder, exc)
 
     async def stop(self) -> None:
         """Stop watching; wait for runs in progress to finish (they are not cut short); start no new ones."""
@@ -278,6 +306,7 @@ class DropWatcher:
     async def _rescan_forever(self) -> None:
         while not self._stopping:
             for state in self._states:
+                await asyncio.to_thread(self._rewatch_if_replaced, state)
                 if not state.running:  # a running job re-looks at its folder when it finishes
                     await self._look(state, "rescan")
             await asyncio.sleep(self._rescan_seconds)

@@ -99,6 +99,7 @@ def watched(
     *,
     before_start: Callable[[], None] = lambda: None,
     settle: float = 0.2,
+    rescan: float = RESCAN,
 ) -> Harness:
     config = party.config()
 
@@ -108,7 +109,7 @@ def watched(
             h.job.source.mkdir(parents=True, exist_ok=True)
             before_start()
             watcher = DropWatcher(
-                [h.job], h.trigger, loop=asyncio.get_running_loop(), rescan_seconds=RESCAN, settle_seconds=settle
+                [h.job], h.trigger, loop=asyncio.get_running_loop(), rescan_seconds=rescan, settle_seconds=settle
             )
             watcher.start()
             try:
@@ -282,6 +283,25 @@ def test_a_file_without_an_event_is_caught_by_the_rescan(tmp_path: Path, partner
 
     h = watched(party, body, before_start=before_start)
     assert [r.split(":")[0] for r in h.reasons] == ["rescan", "rescan"], h.reasons
+
+
+def test_a_replaced_folder_is_watched_again_after_the_next_rescan(tmp_path: Path, partner_cert: bytes) -> None:
+    """After the rescan that notices the new folder, drops into it are seen by their events again."""
+    party = utility(tmp_path, partner_cert, stable_seconds=0)
+    # Why 2 s: watchdog holds inotify events ~0.5 s (to pair moves); the next rescan must come clearly later.
+    rescan = 2.0
+
+    async def body(h: Harness, w: DropWatcher) -> None:
+        source = h.job.source
+        source.rename(source.with_name("invoice.old"))
+        source.mkdir()
+        (source / "INV-LATE.xml").write_bytes(b"<Invoice id='late'/>\n")
+        await until(lambda: h.sent() == ["INV-LATE.xml"], rescan * 2, "the file in the replaced folder")
+        (source / "INV-LATER.xml").write_bytes(b"<Invoice id='later'/>\n")
+        await until(lambda: len(h.sent()) == 2, rescan / 2, "the file dropped into the re-watched folder")
+
+    h = watched(party, body, rescan=rescan)
+    assert [r.split(":")[0] for r in h.reasons] == ["rescan", "watch"], h.reasons
 
 
 def test_runs_of_one_job_never_overlap_and_events_during_a_run_cause_one_more(tmp_path: Path) -> None:
