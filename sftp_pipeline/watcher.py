@@ -43,6 +43,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .config import SendJob
 from .dropfolder import classify, look
+from .errors import ConfigError
 from .names import is_temporary
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,9 @@ class _Handler(FileSystemEventHandler):
 class DropWatcher:
     """Call ``trigger(job, reason)`` when files arrive in a watched job's drop folder; see the module docstring.
 
+    ``reason`` is ``"watch: N files"`` (N names seen by events), ``"recheck: N files"`` (a stability window
+    passed) or ``"rescan: N files"`` (the periodic look found them).
+
     ``start`` and ``stop`` are called on ``loop``'s thread; ``trigger`` runs on ``loop``, never twice at once
     for the same job. An exception from ``trigger`` is logged and the watcher carries on (the next event or
     rescan tries again).
@@ -189,11 +193,10 @@ class DropWatcher:
                 self._watch(observer, state)
             except OSError as exc:
                 observer.stop()
-                raise OSError(
-                    exc.errno,
-                    f"cannot watch the drop folder {state.folder} of send job {state.job.name!r}: {exc.strerror}; "
-                    "check that it exists, is a directory and is readable by the pipeline "
-                    "(and, on Linux, fs.inotify.max_user_watches)",
+                raise ConfigError(
+                    f"cannot watch the drop folder {state.folder} of send job {state.job.name!r}: "
+                    f"{exc.strerror or exc}; check that it is a directory the pipeline can read "
+                    "(and, on Linux, that fs.inotify.max_user_watches / max_user_instances are not exhausted)"
                 ) from exc
         observer.start()
         self._observer = observer

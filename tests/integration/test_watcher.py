@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.config import Config, SendJob
+from sftp_pipeline.errors import ConfigError
 from sftp_pipeline.keys import generate_keys
 from sftp_pipeline.ledger import Transfer
 from sftp_pipeline.names import parse_sealed_name
@@ -186,14 +187,19 @@ def test_a_file_appended_in_separate_writes_waits_for_the_last_one(tmp_path: Pat
     ],
 )
 def test_a_burst_of_files_is_sent_exactly_once_each(tmp_path: Path, partner_cert: bytes, count: int) -> None:
-    party = utility(tmp_path, partner_cert, stable_seconds=0)
+    # A stability window, as in production: with none, a run can look at a file the exporter has created but
+    # not yet written, and quarantine it as empty.
+    party = utility(tmp_path, partner_cert, stable_seconds=0.5)
     names = [f"INV-{i:05d}.xml" for i in range(count)]
     took: dict[str, float] = {}
 
     async def body(h: Harness, w: DropWatcher) -> None:
+        def export() -> None:  # another program writing them all at once, while the watcher already reacts
+            for i, name in enumerate(names):
+                (h.job.source / name).write_bytes(f"<Invoice id='{i}'/>\n".encode())
+
         started = time.monotonic()
-        for i, name in enumerate(names):  # dropped at once, as an export job writes them
-            (h.job.source / name).write_bytes(f"<Invoice id='{i}'/>\n".encode())
+        await asyncio.to_thread(export)
         took["drop"] = time.monotonic() - started
         await until(lambda: len(h.sent()) >= count, 90, f"{count} files uploaded")
         took["all"] = time.monotonic() - started
@@ -206,6 +212,7 @@ def test_a_burst_of_files_is_sent_exactly_once_each(tmp_path: Path, partner_cert
     assert sorted(rows) == names and set(rows.values()) == {1}
     assert all(r.state == "uploaded" for r in h.rows())
     assert not list(h.job.source.iterdir())
+    assert not (h.config.state_dir / "quarantine").exists()
     runs = len(h.reasons)
     assert runs <= 20, h.reasons
     print(  # shown with -s / -rP: the numbers the report quotes
@@ -339,3 +346,20 @@ def test_runs_of_one_job_never_overlap_and_events_during_a_run_cause_one_more(tm
     assert len(reasons) == 2, reasons
     assert reasons[0] == "watch: 1 files" and reasons[1] == "watch: 20 files"
     assert sorted(p.name for p in tmp_path.glob("*.xml")) == ["A.xml", *sorted(f"B{i}.xml" for i in range(20))]
+
+
+def test_a_drop_folder_that_cannot_be_watched_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_bytes(b"")
+    job = SendJob(kind="send", name="inv", partner="utility", document_type="invoice",
+                  source=tmp_path / "not-a-folder")
+
+    async def noop(job: SendJob, reason: str) -> None:
+        return None
+
+    async def main() -> None:
+        watcher = DropWatcher([job], noop, loop=asyncio.get_running_loop(), rescan_seconds=1)
+        with pytest.raises(ConfigError, match=r"drop folder .*not-a-folder of send job 'inv'"):
+            watcher.start()
+        await watcher.stop()
+
+    asyncio.run(main())

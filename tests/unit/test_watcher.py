@@ -42,3 +42,4 @@ def test_a_rescan_interval_must_be_positive(tmp_path: Path) -> None:
             DropWatcher([job], noop, loop=loop, rescan_seconds=0)
     finally:
         loop.close()
+
