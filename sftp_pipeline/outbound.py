@@ -127,7 +127,8 @@ class Outbound:
                 self.ledger.transition(transfer.id, back, "retry requested", last_error=None)
         work: list[Transfer] = self.ledger.unfinished(partner.id)
         for job in jobs:
-            work.extend(self._intake(job, partner, report))
+            # In a worker thread: the stability check sleeps, and the daemon's loop must keep serving meanwhile.
+            work.extend(await asyncio.to_thread(self._intake, job, partner, report))
         if not work:
             return
         recipients = [load_partner_cert(partner)]
