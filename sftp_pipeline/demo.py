@@ -53,7 +53,7 @@ AGGREGATOR, UTILITY = "aggregator", "utility"
 AGGREGATOR_NAME, UTILITY_NAME = "Sunrise DER Aggregation LLC", "Metro Distribution Utility"
 # What each side sends under the NAESB base contract.
 AGGREGATOR_SENDS = ("invoice", "transaction_confirmation", "aggregation_data")
-UTILITY_SENDS = ("billing_payment", "outage_info")
+UTILITY_SENDS = ("billing_payment", "outage_info", "invoice", "transaction_confirmation")
 # Why 60 s: collecting 100 MB takes about a second here; a minute means something is stuck, so report it.
 COLLECT_WAIT = 60.0
 

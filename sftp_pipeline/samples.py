@@ -60,7 +60,8 @@ def write_samples(drop: Path, size_mb: int) -> None:
 
 
 def write_utility_samples(drop: Path) -> None:
-    """What a distribution utility sends an aggregator: billing and payment, and outage information."""
+    """What a distribution utility sends an aggregator: billing and payment, outage information, its own
+    invoice and its confirmation of the aggregator's transaction."""
     (drop / "billing_payment").mkdir(parents=True, exist_ok=True)
     (drop / "outage_info").mkdir(parents=True, exist_ok=True)
     (drop / "billing_payment" / "BP-2026-11-0007.xml").write_text(
@@ -73,6 +74,19 @@ def write_utility_samples(drop: Path) -> None:
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<OutageNotice feeder="F07" kind="planned" start="2026-12-02T13:00Z" end="2026-12-02T17:00Z">\n'
         '  <Affected der-count="212" capacity-mw="3.4"/>\n</OutageNotice>\n'
+    )
+    (drop / "invoice").mkdir(parents=True, exist_ok=True)
+    (drop / "invoice" / "UINV-2026-11-0019.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<Invoice contract="NAESB-DGS-2026-017" period="2026-10" kind="interconnection-services">\n'
+        "  <Seller>Metro Distribution Utility</Seller><Buyer>Sunrise DER Aggregation LLC</Buyer>\n"
+        '  <Line service="telemetry" amount="1250.00"/><Total currency="USD">1250.00</Total>\n</Invoice>\n'
+    )
+    (drop / "transaction_confirmation").mkdir(parents=True, exist_ok=True)
+    (drop / "transaction_confirmation" / "UTC-2026-11-27-001.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<TransactionConfirmation contract="NAESB-DGS-2026-017" id="UTC-2026-11-27-001" confirms="TC-2026-11-27-001">\n'
+        "  <Accepted>true</Accepted>\n</TransactionConfirmation>\n"
     )
     old = time.time() - 60
     for path in drop.rglob("*.*"):

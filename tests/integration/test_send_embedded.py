@@ -106,8 +106,8 @@ def test_the_readme_demo_delivers_validates_and_receipts_everything(tmp_path: Pa
     utility = load_config(tmp_path / "demo" / "utility" / "sftp-pipeline.toml")
     with open_runtime(utility) as rt:
         assert sorted(r.state for r in rt.ledger.inbound_recent(10)) == ["accepted"] * 3
-        assert sorted(t.state for t in rt.ledger.recent(10)) == ["receipted"] * 2  # the utility's bill and outage
+        assert sorted(t.state for t in rt.ledger.recent(10)) == ["receipted"] * 4  # the utility's documents
     with open_runtime(config) as rt:
-        assert sorted(r.state for r in rt.ledger.inbound_recent(10)) == ["accepted"] * 2
+        assert sorted(r.state for r in rt.ledger.inbound_recent(10)) == ["accepted"] * 4
     mails = sorted((tmp_path / "demo" / "mailbox").glob("*.eml"))
     assert len(mails) == 2 and b"reconciliation" in mails[0].read_bytes()

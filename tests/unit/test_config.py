@@ -28,7 +28,9 @@ def test_the_shipped_example_loads(tmp_path: Path) -> None:
         "aggregation-to-utility",
         "collect-from-utility",
         "receipts-from-utility",
+        "morning-report",
     }
+    assert config.jobs["invoices-to-utility"].watch and config.jobs["morning-report"].schedule == "30 6 * * 1-5"
     assert config.jobs["invoices-to-utility"].source == Path("/srv/sftp-pipeline/drop/invoices")
 
 
@@ -91,8 +93,8 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 )
 def test_schedules_are_validated(tmp_path: Path, line: str, message: str) -> None:
     path = example(tmp_path)
-    job = tmp_path / "jobs" / "invoices-to-utility.toml"
-    job.write_text(job.read_text() + line + "\n")
+    job = tmp_path / "jobs" / "extra.toml"
+    job.write_text('kind = "report"\n' + line + "\n")
     with pytest.raises(ConfigError, match=message) as info:
         load_config(path)
     assert str(job) in str(info.value)
