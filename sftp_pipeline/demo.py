@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import socket
@@ -36,6 +35,7 @@ from rich.table import Table
 from .clock import utc_now
 from .config import Config, load_config
 from .errors import ConfigError
+from .fsutil import sha256_file
 from .inbound import Collector, collect_on_upload
 from .inbound import Outcome as CollectOutcome
 from .keys import generate_keys
@@ -285,14 +285,6 @@ def _local_relay(directory: Path) -> Iterator[tuple[int | None, list[bytes]]]:
         controller.stop()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run_demo(directory: Path, *, size_mb: int, console: Console) -> bool:
     started = time.monotonic()
     directory = directory.absolute()
@@ -320,7 +312,7 @@ def run_demo(directory: Path, *, size_mb: int, console: Console) -> bool:
         for t in sorted(art.ledger.recent(100), key=lambda t: t.id):
             check = opened.get(t.remote_name or "")
             plain = utl / "opened-with-gnupg" / (t.remote_name or "").removesuffix(".pgp")
-            gpg_ok = bool(check and check.ok and plain.exists() and _sha256(plain) == t.plaintext_sha256)
+            gpg_ok = bool(check and check.ok and plain.exists() and sha256_file(plain)[0] == t.plaintext_sha256)
             ok = t.state == "receipted" and verdicts.get(t.id) == "accepted" and gpg_ok
             all_ok = all_ok and ok
             table.add_row(

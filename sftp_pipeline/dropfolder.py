@@ -8,11 +8,9 @@ beside it that says what is wrong and what to do.
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import json
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -20,13 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .clock import Clock, rfc3339, utc_now
+from .fsutil import move_into
 from .names import is_temporary
 
 # Why 0.25 s: short enough for interactive use, long enough to see a copy in progress grow.
 STABILITY_POLL_SECONDS = 0.25
-
-# Why 1 MiB: large enough for full disk throughput, small enough to keep memory flat.
-COPY_CHUNK = 1024 * 1024
 
 REASONS = {
     "symlink": "is a symbolic link; drop the file itself, not a link to it",
@@ -182,38 +178,3 @@ def quarantine_file(
     reason_file = target.with_name(target.name + ".reason.json")
     reason_file.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
     return target
-
-
-def move_into(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst`` durably, without ever leaving a partial ``dst``.
-
-    Same filesystem: one rename (a symlink moves as a link). Across filesystems (a drop folder on a network
-    share): copy to a temporary name, fsync, rename into place, then remove the source — a crash in between
-    leaves both, never neither, and the caller's recovery removes the source.
-    """
-    try:
-        os.rename(src, dst)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        if src.is_symlink() or not src.is_file():
-            raise
-        partial = dst.with_name(f".{dst.name}.part")
-        with src.open("rb") as fin, partial.open("wb") as fout:
-            shutil.copyfileobj(fin, fout, COPY_CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.rename(partial, dst)
-        fsync_dir(dst.parent)
-        src.unlink()
-    else:
-        fsync_dir(dst.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

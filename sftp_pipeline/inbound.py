@@ -32,8 +32,9 @@ from pathlib import Path
 
 from .clock import Clock, parse_rfc3339, rfc3339, utc_now
 from .config import CollectJob, Config, Partner
-from .dropfolder import fsync_dir, move_into, quarantine_file
+from .dropfolder import quarantine_file
 from .errors import OpenRejected, PipelineError, TransportError
+from .fsutil import fsync_dir, move_into, sha256_file
 from .keys import OurKeys, load_partner_cert
 from .ledger import Inbound, Ledger
 from .names import is_safe_name, parse_sealed_name
@@ -43,8 +44,6 @@ from .transport import Transport
 
 log = logging.getLogger(__name__)
 
-# Why 1 MiB: hashing at disk speed with flat memory.
-HASH_CHUNK = 1024 * 1024
 # Why 8: the output of one document may be at most this many times the largest accepted input; beyond it a
 # "document" is a decompression bomb, not settlement data.
 MAX_EXPANSION = 8
@@ -87,15 +86,6 @@ def place_of(partner: Partner) -> Place:
         return Place(partner.sftp.dirs.outbox, partner.sftp.dirs.receipts_in, hosted=False)
     # We host the partner: they upload into inbox/ and pick receipts up from receipts-out/.
     return Place("inbox", "receipts-out", hosted=True)
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 class Collector:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from .config import Smtp
 from .errors import PipelineError
+from .fsutil import fsync_dir
 from .keys import Passphrase, read_passphrase
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ class MailQueue:
             return
         except OSError as exc:
             raise MailError(f"{path}: sent, but cannot remove it from the outbox: {exc.strerror}") from exc
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def fail(self, path: Path, reason: str) -> Path:
         """Move a queued message to ``failed/`` with ``<name>.reason`` beside it; returns the new path."""
@@ -262,8 +263,8 @@ class MailQueue:
             os.replace(path, target)
         except OSError as exc:
             raise MailError(f"{path}: cannot move the refused report mail to {self.failed_dir}: {exc}") from exc
-        _fsync_dir(self.failed_dir)
-        _fsync_dir(self.directory)
+        fsync_dir(self.failed_dir)
+        fsync_dir(self.directory)
         return target
 
     @staticmethod
@@ -290,18 +291,10 @@ class MailQueue:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise MailError(f"{path}: cannot write to the mail outbox: {exc.strerror or exc}") from exc
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------- SMTP

@@ -20,7 +20,6 @@ below.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ import pysequoia
 from pysequoia.packet import HashAlgorithm, PacketPile, PublicKeyAlgorithm, SignatureType, Tag
 
 from .errors import CryptoError, KeyPolicyError
+from .fsutil import sha256_file
 
 # Why 3072: NIST SP 800-57 / BSI TR-02102 minimum for RSA (and DSA) beyond 2030; 2048 is legacy.
 MIN_RSA_BITS = 3072
@@ -41,7 +41,11 @@ HASH_CHUNK_BYTES = 1024 * 1024
 HEADER_PEEK_BYTES = 64 * 1024
 # OpenPGP symmetric algorithm id 9 is AES-256 (RFC 9580 §9.3); the only cipher we seal with.
 AES256_ID = 9
-_CIPHER_NAMES = {
+CIPHER_NAMES = {
+    1: "IDEA",
+    2: "3DES",
+    3: "CAST5",
+    4: "Blowfish",
     7: "AES-128",
     8: "AES-192",
     9: "AES-256",
@@ -412,18 +416,6 @@ def check_cert(cert: Cert, *, purpose: Purpose, now: datetime, label: str) -> Ce
 # -------------------------------------------------------------------------------------------------- seal
 
 
-def _sha256_file(path: Path, *, fsync: bool = False) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-        if fsync:
-            os.fsync(fh.fileno())
-    return digest.hexdigest(), size
-
-
 def _packets(data: bytes) -> Iterator[tuple[int, bytes]]:
     """Yield (tag, first body bytes) for the leading packets of a binary OpenPGP message."""
     pos = 0
@@ -493,7 +485,7 @@ def seal(
     infos = [check_cert(c, purpose="encrypt", now=now, label=lbl) for c, lbl in zip(recipients, labels, strict=True)]
     signer_info = check_cert(signer.cert, purpose="verify", now=now, label="our own OpenPGP key")
     try:
-        plaintext_sha256, plaintext_size = _sha256_file(src)
+        plaintext_sha256, plaintext_size = sha256_file(src)
     except OSError as exc:
         raise CryptoError(f"sealing {src}: cannot read the document: {exc.strerror}") from exc
     try:
@@ -503,10 +495,10 @@ def seal(
         seipd, cipher_id, aead_id = _encryption_layer(dst)
         if cipher_id is not None and cipher_id != AES256_ID:
             raise CryptoError(
-                f"sealing {src}: Sequoia chose cipher {_CIPHER_NAMES.get(cipher_id, cipher_id)} instead of AES-256; "
+                f"sealing {src}: Sequoia chose cipher {CIPHER_NAMES.get(cipher_id, cipher_id)} instead of AES-256; "
                 "refusing to send it (report this: the pysequoia default changed)"
             )
-        ciphertext_sha256, ciphertext_size = _sha256_file(dst, fsync=True)
+        ciphertext_sha256, ciphertext_size = sha256_file(dst, fsync=True)
     except CryptoError:
         dst.unlink(missing_ok=True)
         raise

@@ -33,7 +33,6 @@ a SED packet, trailing bytes or a second message after the encrypted packet.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
@@ -50,8 +49,9 @@ import pysequoia
 from pysequoia.packet import PacketPile
 
 from .errors import OpenRejected
+from .fsutil import sha256_file
 from .keys import OurKeys
-from .openpgp import HASH_CHUNK_BYTES, Cert, describe_cert
+from .openpgp import CIPHER_NAMES, Cert, describe_cert
 
 NOT_ENCRYPTED_TO_US = "not-encrypted-to-us"
 NOT_ENCRYPTED = "not-encrypted"
@@ -77,19 +77,7 @@ GPG_SETUP_TIMEOUT = 30.0
 ALLOWED_CIPHERS = frozenset({7, 8, 9})
 # Signature hashes (OpenPGP ids) refused: MD5 (1), SHA-1 (2, chosen-prefix collisions 2020), RIPEMD-160 (3).
 WEAK_SIG_HASHES = frozenset({1, 2, 3})
-_CIPHER_NAMES = {
-    1: "IDEA",
-    2: "3DES",
-    3: "CAST5",
-    4: "Blowfish",
-    7: "AES-128",
-    8: "AES-192",
-    9: "AES-256",
-    10: "Twofish",
-    11: "Camellia-128",
-    12: "Camellia-192",
-    13: "Camellia-256",
-}
+_CIPHER_NAMES = CIPHER_NAMES
 _HASH_NAMES = {
     1: "MD5",
     2: "SHA-1",
@@ -265,16 +253,6 @@ def _our_key_ids(keys: OurKeys) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-        os.fsync(fh.fileno())
-    return digest.hexdigest(), size
 
 
 def _check_sender(sender: Cert, now: datetime, src: Path) -> None:
@@ -574,7 +552,7 @@ def open_message(
                 algorithms = f"{_CIPHER_NAMES.get(shape.cipher)}, {algorithms.replace('SEIPD', mode)}"
             else:
                 algorithms = algorithms.replace("SEIPD", "SEIPDv1")
-        digest, size = _sha256(part)
+        digest, size = sha256_file(part)
         os.replace(part, dst)
     except OpenRejected:
         part.unlink(missing_ok=True)

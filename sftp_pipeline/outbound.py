@@ -10,7 +10,6 @@ name already complete records it instead of sending again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import shutil
@@ -23,9 +22,10 @@ from pysequoia import Cert
 
 from .clock import Clock, utc_now
 from .config import Config, Partner, SendJob
-from .dropfolder import fsync_dir, move_into, quarantine_file, scan
+from .dropfolder import quarantine_file, scan
 from .errors import CryptoError, KeyPolicyError, PermanentTransportError, PipelineError, TransportError
 from .faults import crash_point
+from .fsutil import fsync_dir, move_into, sha256_file
 from .keys import OurKeys, load_partner_cert
 from .ledger import DuplicateContent, Ledger, Transfer
 from .names import new_transfer_id, sealed_name
@@ -33,9 +33,6 @@ from .openpgp import seal
 from .transport import Progress, Transport
 
 log = logging.getLogger(__name__)
-
-# Why 1 MiB: hashing at disk speed with a flat memory profile.
-HASH_CHUNK = 1024 * 1024
 
 TransportFactory = Callable[[Partner], Awaitable[Transport]]
 
@@ -67,15 +64,6 @@ class SendReport:
 
     def count(self, state: str) -> int:
         return sum(1 for o in self.outcomes if o.state == state)
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def remote_directory(partner: Partner) -> str:

@@ -57,8 +57,8 @@ from typing import Any
 
 from .clock import Clock, rfc3339, utc_now
 from .config import Config, Partner, ReceiptsJob
-from .dropfolder import fsync_dir, move_into
 from .errors import KeyError_, LedgerError, PipelineError, TransportError
+from .fsutil import fsync_dir, move_into
 from .keys import OurKeys, load_partner_cert
 from .ledger import Ledger, Transfer
 from .openpgp import Cert, check_cert

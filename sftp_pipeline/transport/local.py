@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from .. import config, errors, names
+from ..fsutil import fsync_dir
 from . import Progress, PutResult, RemoteEntry, SessionInfo, Transport
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class LocalTransport(Transport):
                 )
             os.link(temp, final)  # fails with EEXIST rather than replacing a file
             temp.unlink()
-            await asyncio.to_thread(_fsync_dir, folder)
+            await asyncio.to_thread(fsync_dir, folder)
         except errors.TransportError:
             temp.unlink(missing_ok=True)
             raise
@@ -105,7 +106,7 @@ class LocalTransport(Transport):
                 size = await _copy(src, dst, progress)
                 await asyncio.to_thread(os.fsync, dst.fileno())
             os.replace(temp, local)
-            await asyncio.to_thread(_fsync_dir, local.parent)
+            await asyncio.to_thread(fsync_dir, local.parent)
         except errors.TransportError:
             temp.unlink(missing_ok=True)
             raise
@@ -202,9 +203,3 @@ async def _copy(src: BinaryIO, dst: BinaryIO, progress: Progress | None) -> int:
             progress(len(chunk))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

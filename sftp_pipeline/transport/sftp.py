@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from .. import config, errors, names, sshalgs
+from ..fsutil import fsync_dir
 from . import Progress, PutResult, RemoteEntry, SessionInfo, Transport
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,7 @@ class SftpTransport(Transport):
                     f"but the server reported {attrs.size}; the download will be retried"
                 )
             os.replace(temp, local)
-            await asyncio.to_thread(_fsync_dir, local.parent)
+            await asyncio.to_thread(fsync_dir, local.parent)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -513,9 +514,3 @@ def _fsync_size(path: Path) -> int:
         return os.fstat(fh.fileno()).st_size
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

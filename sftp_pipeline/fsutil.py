@@ -1,0 +1,59 @@
+"""File-system primitives every step shares: hash a file, make a rename durable, move without a partial file."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+# Why 1 MiB: hashing and copying at disk speed with a flat memory profile.
+CHUNK = 1024 * 1024
+
+
+def sha256_file(path: Path, *, fsync: bool = False) -> tuple[str, int]:
+    """(SHA-256 hex, size) of ``path``, read in chunks; ``fsync`` also makes its contents durable."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        if fsync:
+            os.fsync(fh.fileno())
+    return digest.hexdigest(), size
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename (or a new file) in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def move_into(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` durably, without ever leaving a partial ``dst``.
+
+    Same filesystem: one rename (a symlink moves as a link). Across filesystems (a drop folder on a network
+    share): copy to a temporary name, fsync, rename into place, then remove the source — a crash in between
+    leaves both, never neither, and the caller's recovery removes the source.
+    """
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        if src.is_symlink() or not src.is_file():
+            raise
+        partial = dst.with_name(f".{dst.name}.part")
+        with src.open("rb") as fin, partial.open("wb") as fout:
+            shutil.copyfileobj(fin, fout, CHUNK)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.rename(partial, dst)
+        fsync_dir(dst.parent)
+        src.unlink()
+    else:
+        fsync_dir(dst.parent)
