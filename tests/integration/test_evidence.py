@@ -13,23 +13,14 @@ from sftp_pipeline.audit import verify_log
 from sftp_pipeline.evidence import build_evidence, verify_evidence
 from sftp_pipeline.receipts import receipt_file_names
 from sftp_pipeline.runtime import open_ledger
-from tests.integration.test_exchange import INVOICE, aggregator_party, utility_party
+from tests.integration.test_exchange import INVOICE, pair_over_sshd
 from tests.peers.parties import Party
 from tests.peers.sshd import Sshd
 
 
 @pytest.fixture
 def exchanged(tmp_path: Path, sshd: Sshd) -> tuple[Party, Party, str]:
-    utility = utility_party(tmp_path)
-    hosted = utility.config().hosted_root("aggregator")
-    hosted.parent.mkdir(parents=True)
-    hosted.symlink_to(sshd.root)
-    for folder in ("inbox", "receipts-out"):
-        (sshd.root / folder).mkdir(exist_ok=True)
-    aggregator = aggregator_party(
-        tmp_path, utility, {"host": sshd.host, "port": sshd.port, "user": sshd.user, "host_keys": [sshd.host_key_line]}
-    )
-    sshd.authorize(aggregator.keys.ssh_public.read_text())
+    aggregator, utility = pair_over_sshd(tmp_path, sshd)
     aggregator.drop("invoice", "INV-9.xml", INVOICE)
     assert aggregator.send().count("uploaded") == 1
     assert [o.result for o in utility.collect().outcomes] == ["accepted"]

@@ -63,6 +63,20 @@ def aggregator_party(base: Path, utility: Party, sftp: dict[str, object]) -> Par
     return aggregator
 
 
+def pair_over_sshd(tmp_path: Path, sshd: Sshd) -> tuple[Party, Party]:
+    """(aggregator, utility): the utility hosts the aggregator on OpenSSH — sshd serves the utility's folder."""
+    utility = utility_party(tmp_path)
+    hosted = utility.config().hosted_root("aggregator")
+    hosted.parent.mkdir(parents=True)
+    hosted.symlink_to(sshd.root)
+    for folder in ("inbox", "outbox", "receipts-in", "receipts-out"):
+        (sshd.root / folder).mkdir(exist_ok=True)
+    endpoint = {"host": sshd.host, "port": sshd.port, "user": sshd.user, "host_keys": [sshd.host_key_line]}
+    aggregator = aggregator_party(tmp_path, utility, endpoint)
+    sshd.authorize(aggregator.keys.ssh_public.read_text())
+    return aggregator, utility
+
+
 def assert_settled(aggregator: Party, utility: Party, documents: dict[str, bytes]) -> None:
     sent = {t.source_name: t for t in aggregator.transfers()}
     received = {r.transfer_id: r for r in utility.inbound()}
@@ -177,16 +191,7 @@ def test_through_openssh_with_batch_collect(tmp_path: Path, sshd: Sshd) -> None:
 
 
 def test_rejections_are_answered_and_settle_the_sender(tmp_path: Path, sshd: Sshd) -> None:
-    utility = utility_party(tmp_path)
-    hosted = utility.config().hosted_root("aggregator")
-    hosted.parent.mkdir(parents=True)
-    hosted.symlink_to(sshd.root)
-    for folder in ("inbox", "receipts-out"):
-        (sshd.root / folder).mkdir(exist_ok=True)
-    aggregator = aggregator_party(
-        tmp_path, utility, {"host": sshd.host, "port": sshd.port, "user": sshd.user, "host_keys": [sshd.host_key_line]}
-    )
-    sshd.authorize(aggregator.keys.ssh_public.read_text())
+    aggregator, utility = pair_over_sshd(tmp_path, sshd)
     aggregator.drop("invoice", "INV-9.xml", INVOICE)
     aggregator.send()
     (sealed,) = (sshd.root / "inbox").iterdir()
@@ -261,16 +266,7 @@ def test_a_document_type_the_partner_may_not_send_is_rejected(tmp_path: Path, gp
 
 
 def test_collect_receipts_and_status_from_the_cli(tmp_path: Path, sshd: Sshd) -> None:
-    utility = utility_party(tmp_path)
-    hosted = utility.config().hosted_root("aggregator")
-    hosted.parent.mkdir(parents=True)
-    hosted.symlink_to(sshd.root)
-    for folder in ("inbox", "receipts-out"):
-        (sshd.root / folder).mkdir(exist_ok=True)
-    aggregator = aggregator_party(
-        tmp_path, utility, {"host": sshd.host, "port": sshd.port, "user": sshd.user, "host_keys": [sshd.host_key_line]}
-    )
-    sshd.authorize(aggregator.keys.ssh_public.read_text())
+    aggregator, utility = pair_over_sshd(tmp_path, sshd)
     aggregator.drop("invoice", "INV-9.xml", INVOICE)
     assert aggregator.cli("send").returncode == 0
     assert aggregator.cli("receipts").stdout.count("no receipts waiting") == 1  # not collected yet

@@ -6,21 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_exchange import INVOICE, aggregator_party, utility_party
+from tests.integration.test_exchange import INVOICE, pair_over_sshd
 from tests.peers.sshd import Sshd
 
 
 def test_audit_and_evidence_from_the_cli(tmp_path: Path, sshd: Sshd) -> None:
-    utility = utility_party(tmp_path)
-    hosted = utility.config().hosted_root("aggregator")
-    hosted.parent.mkdir(parents=True)
-    hosted.symlink_to(sshd.root)
-    for folder in ("inbox", "receipts-out"):
-        (sshd.root / folder).mkdir(exist_ok=True)
-    aggregator = aggregator_party(
-        tmp_path, utility, {"host": sshd.host, "port": sshd.port, "user": sshd.user, "host_keys": [sshd.host_key_line]}
-    )
-    sshd.authorize(aggregator.keys.ssh_public.read_text())
+    aggregator, utility = pair_over_sshd(tmp_path, sshd)
     aggregator.drop("invoice", "INV-9.xml", INVOICE)
     assert aggregator.cli("send").returncode == 0
     assert utility.cli("collect").returncode == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pysequoia
 
 from sftp_pipeline.report import verify_report_signature
-from tests.integration.test_exchange import INVOICE, aggregator_party, utility_party
+from tests.integration.test_exchange import INVOICE, pair_over_sshd
 from tests.peers.smtp import PASSWORD_ENV, RECIPIENTS, SENDER, SMTP_USER, SmtpPeerFactory
 from tests.peers.sshd import Sshd
 
@@ -17,16 +17,7 @@ from tests.peers.sshd import Sshd
 def test_report_is_signed_emailed_and_queued_while_smtp_is_down(
     tmp_path: Path, sshd: Sshd, smtp_peer_factory: SmtpPeerFactory
 ) -> None:
-    utility = utility_party(tmp_path)
-    hosted = utility.config().hosted_root("aggregator")
-    hosted.parent.mkdir(parents=True)
-    hosted.symlink_to(sshd.root)
-    for folder in ("inbox", "receipts-out"):
-        (sshd.root / folder).mkdir(exist_ok=True)
-    aggregator = aggregator_party(
-        tmp_path, utility, {"host": sshd.host, "port": sshd.port, "user": sshd.user, "host_keys": [sshd.host_key_line]}
-    )
-    sshd.authorize(aggregator.keys.ssh_public.read_text())
+    aggregator, utility = pair_over_sshd(tmp_path, sshd)
     aggregator.drop("invoice", "INV-9.xml", INVOICE)
     aggregator.send()
     utility.collect()
