@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -109,5 +111,11 @@ def test_the_readme_demo_delivers_validates_and_receipts_everything(tmp_path: Pa
         assert sorted(t.state for t in rt.ledger.recent(10)) == ["receipted"] * 4  # the utility's documents
     with open_runtime(config) as rt:
         assert sorted(r.state for r in rt.ledger.inbound_recent(10)) == ["accepted"] * 4
+    # The aggregator's signed report shows every document delivered (sent) or accepted (received).
+    (csv_report,) = (tmp_path / "demo" / "aggregator" / "state" / "reports").glob("*.csv")
+    rows = list(csv.DictReader(io.StringIO(csv_report.read_text(encoding="utf-8"))))
+    assert sorted((r["direction"], r["status"]) for r in rows) == [("received", "accepted")] * 4 + [
+        ("sent", "delivered")
+    ] * 3
     mails = sorted((tmp_path / "demo" / "mailbox").glob("*.eml"))
     assert len(mails) == 2 and b"reconciliation" in mails[0].read_bytes()
