@@ -106,7 +106,8 @@ def markdown(results: list[Result], info: dict[str, Any], args: argparse.Namespa
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, Linux {info['kernel']}, "
         f"{info['os']}; {info['openssh']}; {info['gnupg']}; Python {info['python']}, pysequoia {info['pysequoia']}, "
-        f"asyncssh {info['asyncssh']}.",
+        f"asyncssh {info['asyncssh']}. Load average (1/5/15 min) before {info.get('loadavg_1_5_15_before')}, "
+        f"after {info.get('loadavg_1_5_15_after')}.",
         "",
     ]
     return "\n".join(lines)
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("sftp") or not shutil.which("gpg"):
         parser.error("the baseline needs the OpenSSH client (sftp) and GnuPG: apt-get install openssh-client gnupg")
 
+    load_before = os.getloadavg()
     scratch = Path(tempfile.mkdtemp(prefix="sftp-pipeline-bench-", dir=args.scratch))
     lab = open_lab(scratch / "lab", stable_seconds=WATCH_STABLE_SECONDS)
     steps: dict[str, Callable[[], Result]] = {
@@ -185,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
 
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     info = machine()
+    # Other work on the machine skews every number; the load averages say whether the run had it to itself.
+    info["loadavg_1_5_15_before"] = [round(x, 2) for x in load_before]
+    info["loadavg_1_5_15_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "when": when,
