@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "receive": lambda: scenarios.receive(lab, args.size_mib, args.repeat),
         "small": lambda: scenarios.small(lab, args.repeat),
         "watch": lambda: scenarios.watch(lab, WATCH_STABLE_SECONDS),
-        "reconcile": lambda: scenarios.reconcile(lab, args.repeat),  # last: it fills our ledger with 100k rows
+        "reconcile": lambda: scenarios.reconcile(lab, args.repeat),
         "v2": lambda: scenarios.receive_v2_memory(lab, min(V2_SIZE_MIB, args.size_mib)),
     }
     results: list[Result] = []

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.lab import Lab, Sample, add_sequoia_pair, measure
+from tests.peers.parties import make_party
 
 MIB = 1024 * 1024
 MB = 1_000_000  # throughput is reported in MB/s (10^6 bytes), as the issue asks
@@ -377,7 +378,15 @@ def reconcile(lab: Lab, repeat: int, count: int = RECONCILE_COUNT) -> Result:
     from sftp_pipeline.report import render_csv, render_html
     from sftp_pipeline.runtime import open_ledger
 
-    config = lab.party.config()
+    # A party of its own, so that the other scenarios' transfers do not join the count.
+    party = make_party(
+        lab.base / "reconcile",
+        "aggregator",
+        partner_id="utility",
+        partner_cert=lab.partner_gpg.export(lab.partner_fpr),
+        jobs={},
+    )
+    config = party.config()
     now = datetime.now(UTC)
     with open_ledger(config) as ledger:
         path = ledger.path
