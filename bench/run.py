@@ -174,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             started = time.perf_counter()
             print(f"[bench] {name}…", file=sys.stderr, flush=True)
-            result = step()
+            try:
+                result = step()
+            except Exception as exc:  # one broken scenario must not throw away the others' numbers
+                print(f"[bench] {name} FAILED: {exc}", file=sys.stderr, flush=True)
+                result = Result(name, "error", None, None, True, "—", False, {"error": str(exc)[-2000:]})
             print(f"[bench] {name}: {result.ours} vs {result.baseline} {result.metric} "
                   f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
             results.append(result)
