@@ -282,6 +282,13 @@ class Ledger:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            for table, expected in (("transfers", _COLUMNS), ("inbound", _INBOUND_COLUMNS)):
+                found = tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({table})"))
+                if found != expected:
+                    raise LedgerError(
+                        f"{path}: the {table} table's columns differ from this version's ({len(found)} vs "
+                        f"{len(expected)}); the ledger was made by another version — restore a matching backup"
+                    )
             self._audit_backfill()
         except sqlite3.Error as exc:
             raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
@@ -476,7 +483,7 @@ class Ledger:
 
     def inbound(self, partner: str, transfer_id: str) -> Inbound | None:
         rows = self._rows("SELECT * FROM inbound WHERE partner = ? AND transfer_id = ?", (partner, transfer_id))
-        return Inbound(**{c: rows[0][c] for c in _INBOUND_COLUMNS}) if rows else None
+        return Inbound(*rows[0]) if rows else None
 
     def inbound_unfinished(self, partner: str) -> list[Inbound]:
         """Inbound documents a run must finish: not yet opened, receipt not sent, or source not removed."""
@@ -485,7 +492,7 @@ class Ledger:
                OR source_removed_at IS NULL) ORDER BY transfer_id""",
             (partner,),
         )
-        return [Inbound(**{c: r[c] for c in _INBOUND_COLUMNS}) for r in rows]
+        return [Inbound(*r) for r in rows]
 
     def inbound_recent(self, limit: int = 50, partner: str | None = None) -> list[Inbound]:
         query, params = "SELECT * FROM inbound", []
@@ -493,7 +500,7 @@ class Ledger:
             query += " WHERE partner = ?"
             params.append(partner)
         rows = self._rows(query + " ORDER BY received_at DESC LIMIT ?", [*params, limit])
-        return [Inbound(**{c: r[c] for c in _INBOUND_COLUMNS}) for r in rows]
+        return [Inbound(*r) for r in rows]
 
     # -- receipts for what we sent -----------------------------------------------------------------
 
@@ -561,7 +568,7 @@ class Ledger:
                 (since, since),
             )
             inb = self._rows("SELECT * FROM inbound WHERE updated_at >= ? OR state = 'received'", (since,))
-        return ([_to_transfer(r) for r in out], [Inbound(**{c: r[c] for c in _INBOUND_COLUMNS}) for r in inb])
+        return ([_to_transfer(r) for r in out], [Inbound(*r) for r in inb])
 
     def receipt_records(self, since: str | None) -> list[dict[str, Any]]:
         """Receipts fetched since ``since`` (all when None), without their bytes."""
@@ -682,7 +689,7 @@ class Ledger:
     def inbound_by_id(self, transfer_id: str) -> list[Inbound]:
         """Inbound documents with this (sender's) transfer id, from any partner."""
         rows = self._rows("SELECT * FROM inbound WHERE transfer_id = ? ORDER BY partner", (transfer_id,))
-        return [Inbound(**{c: r[c] for c in _INBOUND_COLUMNS}) for r in rows]
+        return [Inbound(*r) for r in rows]
 
 
 # Columns the audit line itself carries (id, partner, state, time), local paths and receipt bytes (hashed instead).
@@ -708,7 +715,9 @@ def _canonical(data: dict[str, Any]) -> str:
 
 
 def _to_transfer(row: sqlite3.Row) -> Transfer:
-    return Transfer(**{column: row[column] for column in _COLUMNS})
+    # Positional: the table's columns are the dataclass's fields in order (checked when the ledger opens);
+    # building by name cost 1.5 s per 100k rows in a reconciliation.
+    return Transfer(*row)
 
 
 def timestamp(moment: datetime) -> str:

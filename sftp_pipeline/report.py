@@ -288,9 +288,18 @@ def _columns(tz: ZoneInfo, *, sent: bool) -> list[Column]:
     return cols
 
 
+# Why 2,000: a mail client opens that many rows in a second; 100k rows made a 125 MB page no one reads.
+# Exceptions are always listed in full above; the signed CSV carries every line.
+MAX_HTML_ROWS = 2000
+
+
 def _lines(title: str, lines: Sequence[Line], columns: Sequence[Column]) -> str:
-    rows = [[render(line) for _name, render in columns] for line in lines]
-    return _section(f"{title} ({len(lines)})", _table([name for name, _r in columns], rows))
+    shown = lines[:MAX_HTML_ROWS]
+    rows = [[render(line) for _name, render in columns] for line in shown]
+    body = _table([name for name, _r in columns], rows)
+    if len(lines) > len(shown):
+        body += f"<p>… and {len(lines) - len(shown):,} more: every line is in the attached, signed CSV.</p>"
+    return _section(f"{title} ({len(lines)})", body)
 
 
 def _notes(title: str, notes: Sequence[ReceiptNote], tz: ZoneInfo) -> str:

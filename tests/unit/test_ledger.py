@@ -79,3 +79,10 @@ def test_update_refuses_state_and_unknown_columns(tmp_path: Path) -> None:
             ledger.update("T1", state="uploaded")
         with pytest.raises(LedgerError):
             ledger.update("T1", nonsense=1)
+
+
+def test_a_ledger_from_another_schema_is_refused(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger._db.execute("ALTER TABLE transfers ADD COLUMN surprise TEXT")
+    with pytest.raises(LedgerError, match="columns differ"):
+        Ledger(tmp_path / "ledger.db")
