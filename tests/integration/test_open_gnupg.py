@@ -14,9 +14,10 @@ import pytest
 
 from sftp_pipeline import errors
 from sftp_pipeline.keys import OurKeys
-from sftp_pipeline.openpgp import SigningKey, describe_cert, seal
+from sftp_pipeline.openpgp import SigningKey, seal
 from sftp_pipeline.openpgp_open import open_message
 from tests.peers.gpg import GnuPG
+from tests.peers.keysets import keys_from_tsk
 
 pytestmark = pytest.mark.gpg
 
@@ -27,24 +28,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _our_keys(tsk: pysequoia.Tsk, where: Path) -> OurKeys:
-    cert = tsk.extract_certificate()
-    return OurKeys(
-        tsk=tsk,
-        cert=cert,
-        fingerprint=cert.fingerprint.lower(),
-        signer=SigningKey(cert, tsk.signer()),
-        ssh_key_path=where / "ssh",
-        ssh_passphrase=None,
-        host_key_path=where / "host",
-        openpgp_path=where / "openpgp.key",
-        info=describe_cert(cert, _now()),
-    )
-
-
 @pytest.fixture
 def us(tmp_path: Path) -> OurKeys:
-    return _our_keys(pysequoia.Tsk.generate("Utility (us)"), tmp_path)
+    return keys_from_tsk(pysequoia.Tsk.generate("Utility (us)"), tmp_path)
 
 
 @pytest.fixture
@@ -94,7 +80,7 @@ def test_our_own_seal_is_accepted(us: OurKeys, doc: Path, tmp_path: Path, pq: bo
         tsk = pysequoia.Tsk.generate(
             "PQ partner", profile=pysequoia.Profile.RFC9580, cipher_suite=pysequoia.CipherSuite.MLDSA65_Ed25519
         )
-        us = _our_keys(
+        us = keys_from_tsk(
             pysequoia.Tsk.generate(
                 "PQ us", profile=pysequoia.Profile.RFC9580, cipher_suite=pysequoia.CipherSuite.MLDSA65_Ed25519
             ),
@@ -140,7 +126,7 @@ def test_signed_by_another_key(gpg: GnuPG, us: OurKeys, partner, doc: Path, tmp_
 
 def test_expired_signer(gpg: GnuPG, doc: Path, tmp_path: Path) -> None:
     ours = gpg.generate("Us in 2020 <us@example.test>", expire="never", faked_time="20200101T000000")
-    us = _our_keys(pysequoia.Tsk.from_bytes(gpg.export_secret(ours)), tmp_path)
+    us = keys_from_tsk(pysequoia.Tsk.from_bytes(gpg.export_secret(ours)), tmp_path)
     fpr = gpg.generate("Old <old@example.test>", expire="1d", faked_time="20200101T000000")
     gpg.sign_encrypt(
         doc,
@@ -186,9 +172,9 @@ from pathlib import Path
 import pysequoia
 from sftp_pipeline import errors
 from sftp_pipeline.openpgp_open import open_message
-from tests.integration.test_open_gnupg import _our_keys
+from tests.peers.keysets import keys_from_tsk
 tmp = Path(sys.argv[1])
-us = _our_keys(pysequoia.Tsk.from_bytes((tmp / "us.key").read_bytes()), tmp)
+us = keys_from_tsk(pysequoia.Tsk.from_bytes((tmp / "us.key").read_bytes()), tmp)
 sender = pysequoia.Cert.from_bytes((tmp / "sender.asc").read_bytes())
 try:
     open_message(tmp / "bomb.pgp", tmp / "out.bin", keys=us, sender=sender, now=datetime.now(UTC),

@@ -11,8 +11,8 @@ import pytest
 
 from sftp_pipeline import errors
 from sftp_pipeline.keys import OurKeys
-from sftp_pipeline.openpgp import SigningKey, describe_cert
 from sftp_pipeline.openpgp_open import open_message
+from tests.peers.keysets import keys_from_tsk
 
 MAX_OUTPUT = 10_000_000  # far above the test documents; the bomb test goes beyond it
 
@@ -21,24 +21,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _keys(tsk: pysequoia.Tsk, where: Path) -> OurKeys:
-    cert = tsk.extract_certificate()
-    return OurKeys(
-        tsk=tsk,
-        cert=cert,
-        fingerprint=cert.fingerprint.lower(),
-        signer=SigningKey(cert, tsk.signer()),
-        ssh_key_path=where / "ssh",
-        ssh_passphrase=None,
-        host_key_path=where / "host",
-        openpgp_path=where / "openpgp.key",
-        info=describe_cert(cert, _now()),
-    )
-
-
 @pytest.fixture
 def us(tmp_path: Path) -> OurKeys:
-    return _keys(pysequoia.Tsk.generate("Utility (us)"), tmp_path)
+    return keys_from_tsk(pysequoia.Tsk.generate("Utility (us)"), tmp_path)
 
 
 @pytest.fixture

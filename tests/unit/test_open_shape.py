@@ -10,9 +10,8 @@ import pysequoia
 import pytest
 
 from sftp_pipeline import errors
-from sftp_pipeline.keys import OurKeys
-from sftp_pipeline.openpgp import SigningKey, describe_cert
 from sftp_pipeline.openpgp_open import open_message
+from tests.peers.keysets import keys_from_tsk
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +28,7 @@ def sealed(parties, tmp_path: Path) -> bytes:
 
 def _open(data: bytes, parties, tmp_path: Path) -> errors.OpenRejected:
     us, partner = parties
-    cert = us.extract_certificate()
-    keys = OurKeys(
-        tsk=us,
-        cert=cert,
-        fingerprint=cert.fingerprint.lower(),
-        signer=SigningKey(cert, us.signer()),
-        ssh_key_path=tmp_path / "ssh",
-        ssh_passphrase=None,
-        host_key_path=tmp_path / "host",
-        openpgp_path=tmp_path / "key",
-        info=describe_cert(cert, datetime.now(UTC)),
-    )
+    keys = keys_from_tsk(us, tmp_path)
     src = tmp_path / "in.pgp"
     src.write_bytes(data)
     (tmp_path / "out").mkdir()
