@@ -40,6 +40,7 @@ from .ledger import Inbound, Ledger
 from .names import is_safe_name, parse_sealed_name
 from .openpgp_open import open_message
 from .receipts import build_receipt, receipt_file_names, sign_receipt
+from .service import Service, TransportFactory
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 # "document" is a decompression bomb, not settlement data.
 MAX_EXPANSION = 8
 
-TransportFactory = Callable[[Partner], Awaitable[Transport]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,7 @@ def place_of(partner: Partner) -> Place:
     return Place("inbox", "receipts-out", hosted=True)
 
 
-class Collector:
+class Collector(Service):
     def __init__(
         self,
         config: Config,
@@ -98,11 +98,7 @@ class Collector:
         *,
         clock: Clock = utc_now,
     ) -> None:
-        self.config = config
-        self.keys = keys
-        self.ledger = ledger
-        self.transport_factory = transport_factory
-        self.clock = clock
+        super().__init__(config, keys, ledger, transport_factory, clock=clock)
         self.staging = config.state_dir / "inbound" / "staging"
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,11 +30,11 @@ from .keys import OurKeys, load_partner_cert
 from .ledger import DuplicateContent, Ledger, Transfer
 from .names import new_transfer_id, sealed_name
 from .openpgp import seal
+from .service import Service, TransportFactory
 from .transport import Progress, Transport
 
 log = logging.getLogger(__name__)
 
-TransportFactory = Callable[[Partner], Awaitable[Transport]]
 
 
 class ProgressSink(Protocol):
@@ -71,7 +71,7 @@ def remote_directory(partner: Partner) -> str:
     return partner.sftp.dirs.inbox if partner.sftp else "outbox"
 
 
-class Outbound:
+class Outbound(Service):
     def __init__(
         self,
         config: Config,
@@ -82,11 +82,7 @@ class Outbound:
         clock: Clock = utc_now,
         progress: ProgressSink | None = None,
     ) -> None:
-        self.config = config
-        self.keys = keys
-        self.ledger = ledger
-        self.transport_factory = transport_factory
-        self.clock = clock
+        super().__init__(config, keys, ledger, transport_factory, clock=clock)
         self.progress = progress
         self.work_dir = config.state_dir / "work"
         self.archive_dir = config.state_dir / "archive"

@@ -50,7 +50,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,11 @@ from .receipts import (
     ReceiptInvalid,
     verify_receipt,
 )
+from .service import Service, TransportFactory
 from .transport import RemoteEntry, Transport
 
 log = logging.getLogger(__name__)
 
-TransportFactory = Callable[[Partner], Awaitable[Transport]]
 
 # Where the partner leaves receipts when we host it: the name its own config calls ``receipts_in``.
 HOSTED_RECEIPTS_DIR = "receipts-in"
@@ -228,7 +228,7 @@ def receipts_directory(partner: Partner) -> str:
 # ---------------------------------------------------------------------------------------- service
 
 
-class ReceiptPuller:
+class ReceiptPuller(Service):
     def __init__(
         self,
         config: Config,
@@ -238,11 +238,7 @@ class ReceiptPuller:
         *,
         clock: Clock = utc_now,
     ) -> None:
-        self.config = config
-        self.keys = keys
-        self.ledger = ledger
-        self.transport_factory = transport_factory
-        self.clock = clock
+        super().__init__(config, keys, ledger, transport_factory, clock=clock)
         self.store_dir = config.state_dir / "receipts"
         self.staging_dir = self.store_dir / "staging"
         self.quarantine_dir = config.state_dir / "quarantine" / "receipts"
