@@ -48,10 +48,14 @@ def move_into(src: Path, dst: Path) -> None:
         if src.is_symlink() or not src.is_file():
             raise
         partial = dst.with_name(f".{dst.name}.part")
-        with src.open("rb") as fin, partial.open("wb") as fout:
-            shutil.copyfileobj(fin, fout, CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
+        try:
+            with src.open("rb") as fin, partial.open("wb") as fout:
+                shutil.copyfileobj(fin, fout, CHUNK)
+                fout.flush()
+                os.fsync(fout.fileno())
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk or a read error: leave no half copy behind
+            raise
         os.rename(partial, dst)
         fsync_dir(dst.parent)
         src.unlink()

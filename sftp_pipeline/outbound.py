@@ -23,7 +23,16 @@ from pysequoia import Cert
 from .clock import Clock, utc_now
 from .config import Config, Partner, SendJob
 from .dropfolder import quarantine_file, scan
-from .errors import CryptoError, KeyPolicyError, PermanentTransportError, PipelineError, TransportError
+from .errors import (
+    CryptoError,
+    DiskFullError,
+    KeyPolicyError,
+    PermanentTransportError,
+    PipelineError,
+    TransportError,
+    disk_full,
+    is_no_space,
+)
 from .faults import crash_point
 from .fsutil import fsync_dir, move_into, sha256_file
 from .keys import OurKeys, load_partner_cert
@@ -162,7 +171,13 @@ class Outbound(Service):
             report.outcomes.append(Outcome(job.name, seen.name, None, "waiting", "still being written"))
         claimed = []
         for seen in intake.take:
-            transfer = self._claim(job, job.source / seen.name)
+            try:
+                transfer = self._claim(job, job.source / seen.name)
+            except DiskFullError as exc:
+                # The work area is full: this and the rest stay in the drop folder for the next run.
+                log.error("%s", exc)
+                report.outcomes.append(Outcome(job.name, seen.name, None, "pending", str(exc)))
+                break
             if transfer is not None:
                 claimed.append(transfer)
         return claimed
@@ -191,6 +206,15 @@ class Outbound(Service):
             )
             shutil.rmtree(work, ignore_errors=True)
             return None
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            # Not taken after all: the document is still in the drop folder (move_into leaves no half copy)
+            # and a later run claims it afresh; this claim is closed so nothing ever resumes it.
+            error = disk_full(f"claiming {source.name} of send job {job.name}", work)
+            self.ledger.transition(transfer_id, "failed", "not taken: work area full", last_error=str(error))
+            shutil.rmtree(work, ignore_errors=True)
+            raise error from exc
         log.info("claimed %s as %s", source, transfer_id, extra={"transfer_id": transfer_id})
         crash_point("after-claim")
         return transfer
@@ -278,7 +302,10 @@ class _PartnerRun:
             return self._archive_duplicate(transfer, work, dup.original)
         sealed = work.with_name(transfer.remote_name or "sealed.pgp")
         partial = sealed.with_name(sealed.name + ".tmp")
-        info = seal(work, partial, signer=self.o.keys.signer, recipients=self.recipients, now=self.o.clock())
+        try:
+            info = seal(work, partial, signer=self.o.keys.signer, recipients=self.recipients, now=self.o.clock())
+        except DiskFullError as exc:  # name the document, not its claimed copy
+            raise disk_full(f"sealing {transfer.source_name} ({transfer.id})", partial.parent) from exc
         with partial.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, sealed)

@@ -164,7 +164,8 @@ def audit_our_client(tmp_path: Path, *args: str) -> dict[str, Any]:
     port = _free_port()
     ssh_audit()  # installed, or skip (fail in CI)
     audit = subprocess.Popen(
-        [sys.executable, "-m", "tests.ssh_audit.loopback_client_audit", "-c", "-j", "-p", str(port), "-t", str(AUDIT_TIMEOUT), *args, LOOPBACK],
+        [sys.executable, "-m", "tests.ssh_audit.loopback_client_audit",
+         "-c", "-j", "-p", str(port), "-t", str(AUDIT_TIMEOUT), *args, LOOPBACK],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"},
     )
     try:
