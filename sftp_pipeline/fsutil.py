@@ -33,12 +33,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def move_into(src: Path, dst: Path) -> None:
+def move_into(src: Path, dst: Path, *, durable: bool = True) -> None:
     """Move ``src`` to ``dst`` durably, without ever leaving a partial ``dst``.
 
     Same filesystem: one rename (a symlink moves as a link). Across filesystems (a drop folder on a network
     share): copy to a temporary name, fsync, rename into place, then remove the source — a crash in between
     leaves both, never neither, and the caller's recovery removes the source.
+
+    ``durable=False`` skips the directory fsync after a same-filesystem rename, for callers that fsync once
+    for many moves or whose recovery accepts the file at either name after a crash (a rename is atomic).
     """
     try:
         os.rename(src, dst)
@@ -60,4 +63,5 @@ def move_into(src: Path, dst: Path) -> None:
         fsync_dir(dst.parent)
         src.unlink()
     else:
-        fsync_dir(dst.parent)
+        if durable:
+            fsync_dir(dst.parent)
