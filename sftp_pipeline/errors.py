@@ -15,10 +15,15 @@ the adapters sees a foreign exception type.
     │   │   └── HostKeyError           exit 1  unknown or changed host key
     │   └── TransientTransportError    exit 1  worth retrying (timeouts, resets)
     ├── LedgerError                    exit 1  the SQLite ledger failed
+    ├── DiskFullError                  exit 1  a local file system is full (work area, delivery folder): retried
     └── IntakeError                    exit 1  a dropped file cannot be taken (quarantined)
 """
 
 from __future__ import annotations
+
+import errno
+import os
+import re
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -81,6 +86,37 @@ class TransientTransportError(TransportError):
 
 class LedgerError(PipelineError):
     """The ledger could not be read or written."""
+
+
+class DiskFullError(PipelineError):
+    """A local file system has no space left (or the quota is used up); the work stays queued for a retry."""
+
+
+# The errnos that mean "this file system (or this user's quota on it) is full".
+NO_SPACE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+# How Rust (pysequoia) and other libraries that flatten an OSError into text spell the same thing.
+_NO_SPACE_TEXT = re.compile(r"no space left on device|disk quota exceeded|os error (?:28|122)\b", re.IGNORECASE)
+
+
+def is_no_space(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or an exception it was raised from) says a file system or quota is full."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return True
+        if _NO_SPACE_TEXT.search(str(exc).split("\n", 1)[0]):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full(what: str, directory: os.PathLike[str] | str) -> DiskFullError:
+    """The error for ``what`` (e.g. "sealing invoice-7.xml") failing because ``directory``'s file system is full."""
+    return DiskFullError(
+        f"{what}: no space left on device in {os.fspath(directory)}; nothing was written under a final name and "
+        "the document stays queued. Free space there (or move it to a larger disk) and it is retried on the next run"
+    )
 
 
 class IntakeError(PipelineError):

@@ -33,12 +33,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def move_into(src: Path, dst: Path) -> None:
+def move_into(src: Path, dst: Path, *, durable: bool = True) -> None:
     """Move ``src`` to ``dst`` durably, without ever leaving a partial ``dst``.
 
     Same filesystem: one rename (a symlink moves as a link). Across filesystems (a drop folder on a network
     share): copy to a temporary name, fsync, rename into place, then remove the source — a crash in between
     leaves both, never neither, and the caller's recovery removes the source.
+
+    ``durable=False`` skips the directory fsync after a same-filesystem rename, for callers that fsync once
+    for many moves or whose recovery accepts the file at either name after a crash (a rename is atomic).
     """
     try:
         os.rename(src, dst)
@@ -48,12 +51,17 @@ def move_into(src: Path, dst: Path) -> None:
         if src.is_symlink() or not src.is_file():
             raise
         partial = dst.with_name(f".{dst.name}.part")
-        with src.open("rb") as fin, partial.open("wb") as fout:
-            shutil.copyfileobj(fin, fout, CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
+        try:
+            with src.open("rb") as fin, partial.open("wb") as fout:
+                shutil.copyfileobj(fin, fout, CHUNK)
+                fout.flush()
+                os.fsync(fout.fileno())
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk or a read error: leave no half copy behind
+            raise
         os.rename(partial, dst)
         fsync_dir(dst.parent)
         src.unlink()
     else:
-        fsync_dir(dst.parent)
+        if durable:
+            fsync_dir(dst.parent)

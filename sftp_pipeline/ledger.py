@@ -24,7 +24,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -247,6 +247,20 @@ _INBOUND_COLUMNS = tuple(f.name for f in fields(Inbound))
 _COLUMNS = tuple(f.name for f in fields(Transfer))
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One document a send run takes: what :meth:`Ledger.claim_many` records before the file is moved."""
+
+    transfer_id: str
+    partner: str
+    job: str
+    document_type: str
+    source_name: str
+    source_path: str
+    work_path: str
+    remote_name: str
+
+
 class DuplicateContent(LedgerError):
     """The same name and content was already sent to this partner (``original`` is that transfer's id)."""
 
@@ -344,28 +358,29 @@ class Ledger:
         remote_name: str,
     ) -> Transfer:
         """Record that we take ``source_path``; the caller moves it to ``work_path`` next."""
+        self.claim_many(
+            [
+                Claim(transfer_id, partner, job, document_type, source_name, source_path, work_path, remote_name)
+            ]
+        )
+        return self.get(transfer_id)
+
+    def claim_many(self, claims: Sequence[Claim]) -> None:
+        """:meth:`claim` for several documents in one transaction: a burst costs one commit, not one each."""
         now = self.now()
         with self._tx() as db:
-            db.execute(
-                """INSERT INTO transfers (id, direction, partner, job, document_type, source_name, source_path,
-                       work_path, remote_name, state, created_at, claimed_at, updated_at)
-                   VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, 'claimed', ?, ?, ?)""",
-                (
-                    transfer_id,
-                    partner,
-                    job,
-                    document_type,
-                    source_name,
-                    source_path,
-                    work_path,
-                    remote_name,
-                    now,
-                    now,
-                    now,
-                ),
-            )
-            self._event(db, transfer_id, now, "claimed", source_path)
-        return self.get(transfer_id)
+            for c in claims:
+                self._insert_claim(db, c, now)
+
+    def _insert_claim(self, db: sqlite3.Connection, c: Claim, now: str) -> None:
+        db.execute(
+            """INSERT INTO transfers (id, direction, partner, job, document_type, source_name, source_path,
+                   work_path, remote_name, state, created_at, claimed_at, updated_at)
+               VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, 'claimed', ?, ?, ?)""",
+            (c.transfer_id, c.partner, c.job, c.document_type, c.source_name, c.source_path, c.work_path,
+             c.remote_name, now, now, now),
+        )
+        self._event(db, c.transfer_id, now, "claimed", c.source_path)
 
     def set_plaintext(self, transfer_id: str, sha256: str, size: int) -> None:
         """Record the content hash; raise DuplicateContent when this content was already sent."""

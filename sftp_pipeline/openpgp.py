@@ -30,7 +30,7 @@ from typing import Any, Literal
 import pysequoia
 from pysequoia.packet import HashAlgorithm, PacketPile, PublicKeyAlgorithm, SignatureType, Tag
 
-from .errors import CryptoError, KeyPolicyError
+from .errors import CryptoError, KeyPolicyError, disk_full, is_no_space
 from .fsutil import sha256_file
 
 # Why 3072: NIST SP 800-57 / BSI TR-02102 minimum for RSA (and DSA) beyond 2030; 2048 is legacy.
@@ -504,6 +504,8 @@ def seal(
         raise
     except (RuntimeError, ValueError, OSError) as exc:
         dst.unlink(missing_ok=True)
+        if is_no_space(exc):  # not the document's fault: retry once there is room, never mark it failed
+            raise disk_full(f"sealing {src.name}", dst.parent) from exc
         raise CryptoError(f"sealing {src} to {dst} failed: {_first_line(exc)}") from exc
     except BaseException:
         dst.unlink(missing_ok=True)

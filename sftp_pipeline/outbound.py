@@ -23,17 +23,30 @@ from pysequoia import Cert
 from .clock import Clock, utc_now
 from .config import Config, Partner, SendJob
 from .dropfolder import quarantine_file, scan
-from .errors import CryptoError, KeyPolicyError, PermanentTransportError, PipelineError, TransportError
+from .errors import (
+    CryptoError,
+    DiskFullError,
+    KeyPolicyError,
+    PermanentTransportError,
+    PipelineError,
+    TransportError,
+    disk_full,
+    is_no_space,
+)
 from .faults import crash_point
 from .fsutil import fsync_dir, move_into, sha256_file
 from .keys import OurKeys, load_partner_cert
-from .ledger import DuplicateContent, Ledger, Transfer
+from .ledger import Claim, DuplicateContent, Ledger, Transfer
 from .names import new_transfer_id, sealed_name
 from .openpgp import seal
 from .service import Service, TransportFactory
 from .transport import Progress, Transport
 
 log = logging.getLogger(__name__)
+
+# Why 256: a dropped burst costs one ledger commit per 256 files instead of one each, while a crash between that
+# commit and the moves leaves at most 256 claims for the recovery pass.
+CLAIM_BATCH = 256
 
 
 
@@ -160,40 +173,70 @@ class Outbound(Service):
             report.outcomes.append(Outcome(job.name, seen.name, None, "quarantined", f"{reason}: {target}"))
         for seen in intake.waiting:
             report.outcomes.append(Outcome(job.name, seen.name, None, "waiting", "still being written"))
-        claimed = []
-        for seen in intake.take:
-            transfer = self._claim(job, job.source / seen.name)
-            if transfer is not None:
-                claimed.append(transfer)
+        claimed: list[Transfer] = []
+        sources = [job.source / seen.name for seen in intake.take]
+        for start in range(0, len(sources), CLAIM_BATCH):
+            batch, full = self._claim_batch(job, sources[start : start + CLAIM_BATCH])
+            claimed.extend(batch)
+            if full is not None:
+                # The work area is full: this and the rest stay in the drop folder for the next run.
+                log.error("%s", full[1])
+                report.outcomes.append(Outcome(job.name, full[0], None, "pending", str(full[1])))
+                break
         return claimed
 
-    def _claim(self, job: SendJob, source: Path) -> Transfer | None:
-        transfer_id = new_transfer_id(self.clock())
-        remote = sealed_name(transfer_id, job.document_type, source.name)
-        work = self.work_dir / transfer_id
-        work.mkdir(parents=True, exist_ok=True)
-        transfer = self.ledger.claim(
-            transfer_id,
-            partner=job.partner,
-            job=job.name,
-            document_type=job.document_type,
-            source_name=source.name,
-            source_path=str(source),
-            work_path=str(work / "document"),
-            remote_name=str(remote),
-        )
-        try:
-            move_into(source, work / "document")
-        except FileNotFoundError:
-            # Another worker took it between our scan and our claim: not ours, nothing to do.
-            self.ledger.transition(
-                transfer_id, "failed", "source vanished before claim", last_error="taken by another worker"
+    def _claim_batch(
+        self, job: SendJob, sources: list[Path]
+    ) -> tuple[list[Transfer], tuple[str, DiskFullError] | None]:
+        """Claim ``sources``: the ledger rows first (one commit), then each file moved into its work dir.
+
+        The moves are atomic renames without a directory fsync each: after a crash the file is at one name or
+        the other and :meth:`_PartnerRun.prepare` finishes the move either way; the drop folder is fsynced once
+        at the end, so a taken file does not come back. Returns the claims and, when the work area filled up,
+        the document it could not take (that one and the rest are closed and stay in the drop folder).
+        """
+        planned = []
+        for source in sources:
+            transfer_id = new_transfer_id(self.clock())
+            remote = sealed_name(transfer_id, job.document_type, source.name)
+            work = self.work_dir / transfer_id / "document"
+            planned.append(
+                Claim(transfer_id, job.partner, job.name, job.document_type, source.name, str(source), str(work),
+                      str(remote))
             )
-            shutil.rmtree(work, ignore_errors=True)
-            return None
-        log.info("claimed %s as %s", source, transfer_id, extra={"transfer_id": transfer_id})
-        crash_point("after-claim")
-        return transfer
+        self.ledger.claim_many(planned)
+        taken: list[str] = []
+        full: tuple[str, DiskFullError] | None = None
+        for i, claim in enumerate(planned):
+            source, work = Path(claim.source_path), Path(claim.work_path)
+            try:
+                work.parent.mkdir(parents=True, exist_ok=True)
+                move_into(source, work, durable=False)
+            except FileNotFoundError:
+                # Another worker took it between our scan and our claim: not ours, nothing to do.
+                self.ledger.transition(
+                    claim.transfer_id, "failed", "source vanished before claim", last_error="taken by another worker"
+                )
+                shutil.rmtree(work.parent, ignore_errors=True)
+                continue
+            except OSError as exc:
+                if not is_no_space(exc):
+                    raise
+                # Not taken after all: the documents are still in the drop folder (move_into leaves no half
+                # copy) and a later run claims them afresh; these claims are closed so nothing resumes them.
+                error = disk_full(f"claiming {source.name} of send job {job.name}", work.parent)
+                for rest in planned[i:]:
+                    self.ledger.transition(rest.transfer_id, "failed", "not taken: work area full",
+                                           last_error=str(error))
+                    shutil.rmtree(Path(rest.work_path).parent, ignore_errors=True)
+                full = (source.name, error)
+                break
+            taken.append(claim.transfer_id)
+            log.info("claimed %s as %s", source, claim.transfer_id, extra={"transfer_id": claim.transfer_id})
+            crash_point("after-claim")
+        if planned:
+            fsync_dir(job.source)
+        return [self.ledger.get(transfer_id) for transfer_id in taken], full
 
 
 class _PartnerRun:
@@ -278,7 +321,10 @@ class _PartnerRun:
             return self._archive_duplicate(transfer, work, dup.original)
         sealed = work.with_name(transfer.remote_name or "sealed.pgp")
         partial = sealed.with_name(sealed.name + ".tmp")
-        info = seal(work, partial, signer=self.o.keys.signer, recipients=self.recipients, now=self.o.clock())
+        try:
+            info = seal(work, partial, signer=self.o.keys.signer, recipients=self.recipients, now=self.o.clock())
+        except DiskFullError as exc:  # name the document, not its claimed copy
+            raise disk_full(f"sealing {transfer.source_name} ({transfer.id})", partial.parent) from exc
         with partial.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, sealed)

@@ -47,7 +47,7 @@ import asyncssh
 from . import sshalgs
 from .clock import Clock, rfc3339, utc_now
 from .config import Config, RemoteDirs, Server
-from .errors import ConfigError, KeyError_
+from .errors import NO_SPACE_ERRNOS, ConfigError, KeyError_
 from .names import TEMP_PREFIX, TEMP_SUFFIX, is_safe_name, is_temporary
 
 UploadHook = Callable[[str, Path, datetime], Awaitable[None] | None]
@@ -100,6 +100,7 @@ class _Upload:
     temp: bytes
     final: bytes | None
     remote: str
+    failed: bool = False  # a write failed (the file system is full): never publish, discard the partial file
 
 
 class _PartnerSFTP(asyncssh.SFTPServer):
@@ -200,6 +201,27 @@ class _PartnerSFTP(asyncssh.SFTPServer):
         self._owner.busy.add(local)
         return file_obj
 
+    def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        """Write a block; a full file system fails the upload for good (see :meth:`close`)."""
+        try:
+            fh = _raw(file_obj)
+            fh.seek(offset)
+            return fh.write(data) or 0
+        except OSError as exc:
+            upload = self._uploads.get(file_obj)
+            if upload is None or exc.errno not in NO_SPACE_ERRNOS:
+                raise
+            upload.failed = True
+            log.error(
+                "partner %s: no space left on device for %s (%s); the upload fails and its partial file is "
+                "discarded; free space in %s", upload.partner, upload.remote, exc.strerror,
+                os.fsdecode(posixpath.dirname(upload.temp)),
+            )
+            raise asyncssh.SFTPNoSpaceOnFilesystem(
+                f"no space left on device for {upload.remote} on this server; nothing was delivered, "
+                "try again later"
+            ) from exc
+
     def _track(self, file_obj: object, upload: _Upload) -> None:
         self._uploads[file_obj] = upload
         self._owner.busy.add(upload.temp)
@@ -217,6 +239,9 @@ class _PartnerSFTP(asyncssh.SFTPServer):
             _raw(file_obj).close()
             return None
         explicit = sys._getframe(1).f_code.co_name == _EXPLICIT_CLOSE_CALLER
+        if upload.failed:
+            self._discard(file_obj, upload)
+            return None
         if not explicit:
             self._abandon(file_obj, upload)
             return None
@@ -231,6 +256,14 @@ class _PartnerSFTP(asyncssh.SFTPServer):
                 "partner %s: upload of %s ended without CLOSE after %d bytes; kept as %s",
                 upload.partner, upload.remote, size, self._relative(upload.temp),
             )
+
+    def _discard(self, file_obj: object, upload: _Upload) -> None:
+        """An upload whose write failed: drop what it wrote (when the name is ours), publish nothing."""
+        _raw(file_obj).close()
+        self._release(upload)
+        if upload.final is not None:  # a client's own temporary name is the client's to remove or reuse
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(upload.temp)
 
     def _release(self, upload: _Upload) -> None:
         self._owner.busy.discard(upload.temp)

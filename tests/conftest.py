@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.peers.parties",
     "tests.peers.embedded",
     "tests.peers.smtp",
+    "tests.peers.tmpfs",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

@@ -242,7 +242,13 @@ class SftpTransport(Transport):
                 f"bytes, not {size}; it was not overwritten — ask the partner what that file is"
             )
         await self._op("remove stale", temp, self._remove_if_present(temp))
-        await self._transfer("upload", temp, lambda h: self._upload(local, temp, h), progress)
+        try:
+            await self._transfer("upload", temp, lambda h: self._upload(local, temp, h), progress)
+        except errors.TransportError:
+            # Free what the half upload holds on the partner's disk (it may be full); the next try starts over.
+            with suppress(asyncssh.Error, OSError, errors.TransportError):
+                await self._op("remove partial", temp, self._remove_if_present(temp))
+            raise
         uploaded = await self._op("stat", temp, self._stat_or_none(temp))
         if uploaded is None or uploaded.size != size:
             await self._op("remove", temp, self._remove_if_present(temp))
@@ -495,6 +501,13 @@ def _translate(exc: BaseException, partner: str, where: str, what: str, path: st
         if isinstance(exc, permanent):
             return errors.PermanentTransportError(f"{subject}: SSH protocol refusal ({detail})")
         return errors.TransientTransportError(f"{subject}: the server disconnected ({detail}); will retry")
+    if isinstance(exc, asyncssh.SFTPNoSpaceOnFilesystem | asyncssh.SFTPQuotaExceeded) or (
+        isinstance(exc, asyncssh.SFTPError) and errors.is_no_space(RuntimeError(detail))
+    ):
+        return errors.TransientTransportError(
+            f"{subject}: the server has no space left ({detail}); nothing was delivered under a final name. "
+            "Ask the partner to free space; the upload is retried on the next run"
+        )
     if isinstance(exc, asyncssh.SFTPError):
         return errors.PermanentTransportError(f"{subject}: the server answered: {detail}")
     if isinstance(exc, ConnectionRefusedError):
