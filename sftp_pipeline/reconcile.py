@@ -155,6 +155,10 @@ class Reconciliation:
         return not self.exceptions() and not any(a.severity == "critical" for a in self.alerts)
 
 
+# Python ≥ 3.11 reads a trailing "Z" as UTC (``tzinfo is UTC``), the same value parse_rfc3339 returns.
+_fromisoformat = datetime.fromisoformat
+
+
 def _at(text: str | None) -> datetime | None:
     if not text:
         return None
@@ -162,9 +166,6 @@ def _at(text: str | None) -> datetime | None:
         return _fromisoformat(text)
     return parse_rfc3339(text)
 
-
-# Python ≥ 3.11 reads a trailing "Z" as UTC (``tzinfo is UTC``), the same value parse_rfc3339 returns.
-_fromisoformat = datetime.fromisoformat
 
 # The ledger columns a sent line is made of, in the order :meth:`Ledger.reconcile_rows` returns them.
 SENT_COLUMNS = (
