@@ -706,6 +706,42 @@ class Ledger:
         rows = self._rows("SELECT * FROM inbound WHERE transfer_id = ? ORDER BY partner", (transfer_id,))
         return [Inbound(*r) for r in rows]
 
+    # -- read-only queries for the reconciliation: plain tuples of the columns asked for, no objects per row -----
+
+    def reconcile_rows(
+        self, out_columns: Sequence[str], in_columns: Sequence[str], since: str | None
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """What :meth:`for_reconcile` selects (outbound without duplicates), as tuples of the named columns."""
+        for table, asked, known in (("transfers", out_columns, _COLUMNS), ("inbound", in_columns, _INBOUND_COLUMNS)):
+            unknown = set(asked) - set(known)
+            if unknown:  # the names are written into the query: only the table's own columns may be
+                raise LedgerError(f"unknown {table} columns: {', '.join(sorted(unknown))}")
+        out_query = f"SELECT {', '.join(out_columns)} FROM transfers WHERE direction = 'out' AND state != 'duplicate'"  # noqa: S608
+        in_query = f"SELECT {', '.join(in_columns)} FROM inbound"  # noqa: S608
+        if since is None:
+            return self._tuples(out_query), self._tuples(in_query)
+        out_query += """ AND (updated_at >= ? OR created_at >= ?
+                         OR state IN ('claimed', 'sealed', 'uploaded', 'invalid-receipt', 'failed'))"""
+        in_query += " WHERE updated_at >= ? OR state = 'received'"
+        return self._tuples(out_query, (since, since)), self._tuples(in_query, (since,))
+
+    def receipt_records_with(self, verdicts: Sequence[str], since: str | None) -> list[dict[str, Any]]:
+        """:meth:`receipt_records` with one of ``verdicts`` only (the few a report lists, not every receipt)."""
+        query = f"""SELECT seq, partner, name, transfer_id, verdict, reason, status, fetched_at FROM receipts
+                    WHERE verdict IN ({", ".join("?" * len(verdicts))})"""  # noqa: S608
+        if since is None:
+            return [dict(r) for r in self._rows(query + " ORDER BY seq", tuple(verdicts))]
+        return [dict(r) for r in self._rows(query + " AND fetched_at >= ? ORDER BY seq", (*verdicts, since))]
+
+    def _tuples(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                cursor = self._db.cursor()
+                cursor.row_factory = None  # plain tuples: a sqlite3.Row per row costs more than the query
+                return cursor.execute(query, params).fetchall()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"{self.path}: ledger read failed: {exc}") from exc
+
 
 # Columns the audit line itself carries (id, partner, state, time), local paths and receipt bytes (hashed instead).
 _NOT_AUDITED = frozenset({"id", "partner", "transfer_id", "state", "updated_at", "receipt_json", "receipt_sig"})

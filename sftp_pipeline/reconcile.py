@@ -22,10 +22,12 @@ are *unsolicited*; receipts for an already settled transfer are *duplicates*.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from functools import cached_property
+from operator import attrgetter
+from typing import Any, Literal, NamedTuple
 
 from .clock import parse_rfc3339, rfc3339
 from .config import Config
@@ -51,9 +53,12 @@ IN_ACTIONS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One document in the report."""
+class Line(NamedTuple):
+    """One document in the report.
+
+    A named tuple rather than a frozen dataclass: just as immutable, but built ~10× faster (a frozen dataclass
+    sets each of its 20 fields through ``object.__setattr__``), and a reconciliation builds one per document.
+    """
 
     direction: Literal["sent", "received"]
     partner: str
@@ -131,100 +136,161 @@ class Reconciliation:
         return table
 
     def exceptions(self) -> list[Line]:
+        """Lines that need someone to act, most urgent first."""
+        return list(self._exceptions)
+
+    @cached_property
+    def _exceptions(self) -> tuple[Line, ...]:
+        # Computed once: the report asks for them several times (subject, header, verdict, table).
         rank = {status: i for i, status in enumerate(EXCEPTIONS)}
         found = [
             line
             for line in self.lines
-            if line.is_exception or (line.direction == "received" and line.status in IN_ACTIONS)
+            if line.status in EXCEPTIONS or (line.direction == "received" and line.status in IN_ACTIONS)
         ]
-        return sorted(found, key=lambda x: (rank.get(x.status, len(rank)), x.partner, x.transfer_id))
+        return tuple(sorted(found, key=lambda x: (rank.get(x.status, len(rank)), x.partner, x.transfer_id)))
 
     @property
     def ok(self) -> bool:
         return not self.exceptions() and not any(a.severity == "critical" for a in self.alerts)
 
 
+# Python ≥ 3.11 reads a trailing "Z" as UTC (``tzinfo is UTC``), the same value parse_rfc3339 returns.
+_fromisoformat = datetime.fromisoformat
+
+
 def _at(text: str | None) -> datetime | None:
-    return parse_rfc3339(text) if text else None
+    if not text:
+        return None
+    if text[-1] == "Z":  # what clock.rfc3339 writes: already UTC, so parse without the offset round trip
+        return _fromisoformat(text)
+    return parse_rfc3339(text)
+
+
+# The ledger columns a sent line is made of, in the order :meth:`Ledger.reconcile_rows` returns them.
+SENT_COLUMNS = (
+    "id", "partner", "document_type", "source_name", "state", "plaintext_size", "plaintext_sha256",
+    "ciphertext_sha256", "last_error", "uploaded_at", "partner_received_at", "receipted_at", "rejected_at",
+    "mismatch_at", "invalid_receipt_at", "receipt_status", "transport_pq", "content_pq", "ssh_kex", "created_at",
+    "updated_at",
+)  # fmt: skip
+# The inbound columns a received line is made of, in that order.
+RECEIVED_COLUMNS = (
+    "partner", "transfer_id", "document_type", "remote_name", "state", "plaintext_size", "ciphertext_size",
+    "plaintext_sha256", "ciphertext_sha256", "received_at", "receipt_sent_at", "status", "detail", "updated_at",
+)  # fmt: skip
+# Receipt verdicts the report lists (unsolicited, duplicates); the others are already on their transfer's line.
+NOTE_VERDICTS = ("unknown-transfer", "invalid", "duplicate", "conflict")
+# Sent classes that close a document: older ones drop out of the next period's report.
+_SETTLED = frozenset({"delivered", "delivered-late", "rejected", "mismatch"})
+_sent_values = attrgetter(*SENT_COLUMNS)
+_received_values = attrgetter(*RECEIVED_COLUMNS)
+
+
+def _classify(
+    state: str, last_error: str | None, sent: datetime | None, received: datetime | None, now: datetime, sla: timedelta
+) -> tuple[str, str]:
+    if state == "receipted":
+        if sent and received and received - sent > sla:
+            return "delivered-late", f"received {received - sent} after sending; SLA {sla}"
+        return "delivered", ""
+    if state in ("rejected", "mismatch", "invalid-receipt"):
+        return state, last_error or ""
+    if state == "failed":
+        return "failed", last_error or "failed"
+    if state == "uploaded" and sent is not None:
+        if now - sent > sla:
+            return "overdue", f"no receipt {now - sent} after sending; SLA {sla}"
+        return "pending", f"receipt due by {(sent + sla).isoformat(timespec='seconds')}"
+    if last_error:  # claimed or sealed, and the last attempt failed
+        return "failed", last_error
+    return "pending", "being sent"
 
 
 def classify_sent(t: Transfer, *, now: datetime, sla: timedelta) -> tuple[str, str]:
     """(class, detail) of one outbound transfer."""
-    sent = _at(t.uploaded_at)
-    if t.state == "receipted":
-        received = _at(t.partner_received_at)
-        if sent and received and received - sent > sla:
-            return "delivered-late", f"received {received - sent} after sending; SLA {sla}"
-        return "delivered", ""
-    if t.state in ("rejected", "mismatch", "invalid-receipt"):
-        return t.state, t.last_error or ""
-    if t.state == "failed":
-        return "failed", t.last_error or "failed"
-    if t.state == "uploaded" and sent is not None:
-        if now - sent > sla:
-            return "overdue", f"no receipt {now - sent} after sending; SLA {sla}"
-        return "pending", f"receipt due by {(sent + sla).isoformat(timespec='seconds')}"
-    if t.last_error:  # claimed or sealed, and the last attempt failed
-        return "failed", t.last_error
-    return "pending", "being sent"
-
-
-def _sent_line(t: Transfer, *, now: datetime, sla: timedelta) -> Line:
-    status, detail = classify_sent(t, now=now, sla=sla)
-    sent, received = _at(t.uploaded_at), _at(t.partner_received_at)
-    verified = _at(t.receipted_at or t.rejected_at or t.mismatch_at or t.invalid_receipt_at)
-    return Line(
-        direction="sent",
-        partner=t.partner,
-        transfer_id=t.id,
-        document_type=t.document_type,
-        file=t.source_name,
-        size=t.plaintext_size,
-        sha256=t.plaintext_sha256,
-        ciphertext_sha256=t.ciphertext_sha256,
-        sent_at=sent,
-        partner_received_at=received,
-        receipt_verified_at=verified,
-        latency=(received - sent) if sent and received else None,
-        status=status,
-        status_code=t.receipt_status if t.receipt_status not in (None, "ok") else None,
-        detail=detail,
-        action=ACTIONS.get(status, ""),
-        transport_pq=None if t.transport_pq is None else bool(t.transport_pq),
-        content_pq=None if t.content_pq is None else bool(t.content_pq),
-        sla=sla,
-        kex=t.ssh_kex,
-    )
-
-
-def _received_line(r: Inbound) -> Line:
-    status = "pending" if r.state == "received" else r.state
-    return Line(
-        direction="received",
-        partner=r.partner,
-        transfer_id=r.transfer_id,
-        document_type=r.document_type,
-        file=r.remote_name,
-        size=r.plaintext_size or r.ciphertext_size,
-        sha256=r.plaintext_sha256,
-        ciphertext_sha256=r.ciphertext_sha256,
-        sent_at=None,
-        partner_received_at=_at(r.received_at),
-        receipt_verified_at=_at(r.receipt_sent_at),
-        latency=None,
-        status=status,
-        status_code=r.status if r.status not in (None, "ok") else None,
-        detail=r.detail or "",
-        action=IN_ACTIONS.get(status, ""),
-        transport_pq=None,
-        content_pq=None,
-        sla=None,
-    )
+    return _classify(t.state, t.last_error, _at(t.uploaded_at), _at(t.partner_received_at), now, sla)
 
 
 def _in_period(moment: str | None, start: datetime | None, end: datetime) -> bool:
     at = _at(moment)
     return at is not None and (start is None or at >= start) and at < end
+
+
+def _sent_lines(
+    rows: Iterable[tuple[Any, ...]], *, now: datetime, since: datetime | None, sla: Callable[[str, str], timedelta]
+) -> Iterator[Line]:
+    """The report's lines for outbound rows (``SENT_COLUMNS``, duplicates left out) that belong in ``[since, now)``.
+
+    The hot loop of a reconciliation (one pass per document): plain tuples in, no per-row objects but the line.
+    """
+    limits: dict[tuple[str, str], timedelta] = {}  # the SLA per (partner, type), asked of the config once
+    for (
+        tid, partner, doc_type, name, state, size, sha256, ciphertext_sha256, last_error, uploaded_at,
+        partner_received_at, receipted_at, rejected_at, mismatch_at, invalid_receipt_at, receipt_status,
+        transport_pq, content_pq, kex, created_at, updated_at,
+    ) in rows:  # fmt: skip
+        limit = limits.get((partner, doc_type))
+        if limit is None:
+            limit = limits[(partner, doc_type)] = sla(partner, doc_type)
+        sent, received = _at(uploaded_at), _at(partner_received_at)
+        status, detail = _classify(state, last_error, sent, received, now, limit)
+        if status in _SETTLED and not (_in_period(created_at, since, now) or _in_period(updated_at, since, now)):
+            continue  # settled before the period
+        yield Line(
+            "sent",
+            partner,
+            tid,
+            doc_type,
+            name,
+            size,
+            sha256,
+            ciphertext_sha256,
+            sent,
+            received,
+            _at(receipted_at or rejected_at or mismatch_at or invalid_receipt_at),  # receipt_verified_at
+            (received - sent) if sent and received else None,  # latency
+            status,
+            receipt_status if receipt_status not in (None, "ok") else None,  # status_code
+            detail,
+            ACTIONS.get(status, ""),
+            None if transport_pq is None else bool(transport_pq),
+            None if content_pq is None else bool(content_pq),
+            limit,  # sla
+            kex,
+        )
+
+
+def _received_lines(rows: Iterable[tuple[Any, ...]], *, now: datetime, since: datetime | None) -> Iterator[Line]:
+    """The report's lines for inbound rows (``RECEIVED_COLUMNS``) that belong in ``[since, now)``."""
+    for (
+        partner, transfer_id, doc_type, name, state, plaintext_size, ciphertext_size, sha256, ciphertext_sha256,
+        received_at, receipt_sent_at, status_code, detail, updated_at,
+    ) in rows:  # fmt: skip
+        if not (_in_period(received_at, since, now) or state == "received" or _in_period(updated_at, since, now)):
+            continue
+        status = "pending" if state == "received" else state
+        yield Line(
+            "received",
+            partner,
+            transfer_id,
+            doc_type,
+            name,
+            plaintext_size or ciphertext_size,  # size
+            sha256,
+            ciphertext_sha256,
+            None,  # sent_at
+            _at(received_at),  # partner_received_at
+            _at(receipt_sent_at),  # receipt_verified_at: when we sent our receipt
+            None,  # latency
+            status,
+            status_code if status_code not in (None, "ok") else None,
+            detail or "",
+            IN_ACTIONS.get(status, ""),
+            None,  # transport_pq
+            None,  # content_pq
+            None,  # sla
+        )
 
 
 def key_alerts(keys: Iterable[KeyFact], *, now: datetime, window: timedelta) -> list[Alert]:
@@ -276,17 +342,36 @@ def reconcile(
     key_window: timedelta = timedelta(days=30),
 ) -> Reconciliation:
     """Classify the period ``[since, now)``; documents still open from before it are carried forward."""
-    lines: list[Line] = []
-    for t in transfers:
-        if t.direction != "out" or t.state == "duplicate":
-            continue
-        line = _sent_line(t, now=now, sla=sla(t.partner, t.document_type))
-        settled = line.status in ("delivered", "delivered-late", "rejected", "mismatch")
-        if _in_period(t.created_at, since, now) or not settled or _in_period(t.updated_at, since, now):
-            lines.append(line)
-    for r in inbound:
-        if _in_period(r.received_at, since, now) or r.state == "received" or _in_period(r.updated_at, since, now):
-            lines.append(_received_line(r))
+    return reconcile_rows(
+        (_sent_values(t) for t in transfers if t.direction == "out" and t.state != "duplicate"),
+        (_received_values(r) for r in inbound),
+        receipt_notes,
+        party_id=party_id,
+        party_name=party_name,
+        now=now,
+        since=since,
+        sla=sla,
+        keys=keys,
+        key_window=key_window,
+    )
+
+
+def reconcile_rows(
+    sent: Iterable[tuple[Any, ...]],
+    received: Iterable[tuple[Any, ...]],
+    receipt_notes: Iterable[ReceiptNote],
+    *,
+    party_id: str,
+    party_name: str,
+    now: datetime,
+    since: datetime | None,
+    sla: Callable[[str, str], timedelta],
+    keys: Iterable[KeyFact] = (),
+    key_window: timedelta = timedelta(days=30),
+) -> Reconciliation:
+    """:func:`reconcile` over plain rows: outbound ``SENT_COLUMNS`` (no duplicates) and inbound ``RECEIVED_COLUMNS``,
+    as :meth:`Ledger.reconcile_rows` returns them."""
+    lines = [*_sent_lines(sent, now=now, since=since, sla=sla), *_received_lines(received, now=now, since=since)]
     notes = [n for n in receipt_notes if since is None or n.fetched_at >= since]
     unsolicited = tuple(
         n for n in notes if n.verdict in ("unknown-transfer",) or (n.verdict == "invalid" and n.transfer_id is None)
@@ -343,12 +428,13 @@ LAST_REPORT_KEY = "last_report_until"
 
 def from_ledger(config: Config, ledger: Ledger, *, now: datetime, since: datetime | None) -> Reconciliation:
     """Build the reconciliation of ``[since, now)`` from the ledger and the configured keys."""
-    transfers, inbound = ledger.for_reconcile(rfc3339(since) if since else None)
+    start = rfc3339(since) if since else None
+    sent, received = ledger.reconcile_rows(SENT_COLUMNS, RECEIVED_COLUMNS, start)
     notes = [
         ReceiptNote(
             r["partner"], r["name"], r["transfer_id"], r["verdict"], r["reason"], parse_rfc3339(r["fetched_at"])
         )
-        for r in ledger.receipt_records(rfc3339(since) if since else None)
+        for r in ledger.receipt_records_with(NOTE_VERDICTS, start)
     ]
     facts = []
     for row in list_keys(config, now):
@@ -357,9 +443,9 @@ def from_ledger(config: Config, ledger: Ledger, *, now: datetime, since: datetim
             continue  # SSH keys carry no expiry
         problems = tuple(p for p in row.problems if "expire" not in p)
         facts.append(KeyFact(owner, row.kind, row.fingerprint, _at(row.expires), problems))
-    return reconcile(
-        transfers,
-        inbound,
+    return reconcile_rows(
+        sent,
+        received,
         notes,
         party_id=config.party.id,
         party_name=config.party.name,

@@ -26,7 +26,7 @@ import csv
 import io
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import escape
@@ -373,28 +373,44 @@ def defuse(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
-def _csv_row(line: Line, tz: ZoneInfo) -> list[str]:
-    def opt(value: object) -> str:
-        return "" if value is None else ("yes" if value else "no") if isinstance(value, bool) else str(value)
+_MS = "milliseconds"
 
-    def utc(moment: datetime | None) -> str:
-        return rfc3339(moment) if moment is not None else ""
 
-    def local(moment: datetime | None) -> str:
-        return moment.astimezone(tz).isoformat(timespec="milliseconds") if moment is not None else ""
+def _opt(value: object) -> str:
+    return "" if value is None else ("yes" if value else "no") if isinstance(value, bool) else str(value)
 
-    values = {
-        "direction": line.direction, "partner": line.partner, "transfer_id": line.transfer_id,
-        "document_type": line.document_type, "file": line.file, "size": opt(line.size), "sha256": opt(line.sha256),
-        "ciphertext_sha256": opt(line.ciphertext_sha256), "sent_at_utc": utc(line.sent_at),
-        "partner_received_at_utc": utc(line.partner_received_at),
-        "receipt_verified_at_utc": utc(line.receipt_verified_at), "sent_at_local": local(line.sent_at),
-        "partner_received_at_local": local(line.partner_received_at),
-        "latency_seconds": "" if line.latency is None else f"{line.latency.total_seconds():.3f}",
-        "status": line.status, "status_code": opt(line.status_code), "transport_pq": opt(line.transport_pq),
-        "content_pq": opt(line.content_pq), "detail": line.detail,
-    }  # fmt: skip
-    return [defuse(values[c]) if c in PARTNER_TEXT_COLUMNS else values[c] for c in CSV_COLUMNS]
+
+def _csv_rows(lines: Iterable[Line], tz: ZoneInfo) -> Iterator[tuple[str, ...]]:
+    """One row per line, in ``CSV_COLUMNS`` order; partner-chosen text defused (``PARTNER_TEXT_COLUMNS``).
+
+    Written out column by column rather than through a dict per row: 100k lines are rendered in one go.
+    """
+    for (
+        direction, partner, transfer_id, document_type, file, size, sha256, ciphertext_sha256, sent_at,
+        partner_received_at, receipt_verified_at, latency, status, status_code, detail, _action, transport_pq,
+        content_pq, _sla, _kex,
+    ) in lines:  # fmt: skip
+        yield (
+            direction,
+            defuse(partner),
+            defuse(transfer_id),
+            defuse(document_type),
+            defuse(file),
+            "" if size is None else str(size),
+            sha256 or "",
+            ciphertext_sha256 or "",
+            "" if sent_at is None else rfc3339(sent_at),
+            "" if partner_received_at is None else rfc3339(partner_received_at),
+            "" if receipt_verified_at is None else rfc3339(receipt_verified_at),
+            "" if sent_at is None else sent_at.astimezone(tz).isoformat(timespec=_MS),
+            "" if partner_received_at is None else partner_received_at.astimezone(tz).isoformat(timespec=_MS),
+            "" if latency is None else f"{latency.total_seconds():.3f}",
+            status,
+            defuse(status_code or ""),
+            _opt(transport_pq),
+            _opt(content_pq),
+            defuse(detail),
+        )
 
 
 def render_csv(rec: Reconciliation, *, tz: ZoneInfo) -> bytes:
@@ -406,8 +422,15 @@ def render_csv(rec: Reconciliation, *, tz: ZoneInfo) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
     writer.writerow(CSV_COLUMNS)
-    for line in rec.lines:
-        writer.writerow(_csv_row(line, tz))
+    separators = len(CSV_COLUMNS) - 1
+    for row in _csv_rows(rec.lines, tz):
+        text = ",".join(row)
+        if text.count(",") == separators and '"' not in text and "\r" not in text and "\n" not in text:
+            # No cell holds a comma, quote or line break, so none needs quoting: exactly what csv.writer writes
+            # (QUOTE_MINIMAL), in a tenth of the time. The others go through csv.writer itself.
+            buffer.write(text + "\r\n")
+        else:
+            writer.writerow(row)
     return buffer.getvalue().encode("utf-8")
 
 
