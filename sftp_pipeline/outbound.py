@@ -10,6 +10,7 @@ name already complete records it instead of sending again.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import shutil
@@ -23,19 +24,38 @@ from pysequoia import Cert
 from .clock import Clock, utc_now
 from .config import Config, Partner, SendJob
 from .dropfolder import quarantine_file, scan
-from .errors import CryptoError, KeyPolicyError, PermanentTransportError, PipelineError, TransportError
+from .errors import (
+    CryptoError,
+    KeyPolicyError,
+    LedgerError,
+    PermanentTransportError,
+    PipelineError,
+    TransportError,
+)
 from .faults import crash_point
 from .fsutil import fsync_dir, move_into, sha256_file
+from .groupcommit import GroupCommitter
 from .keys import OurKeys, load_partner_cert
-from .ledger import DuplicateContent, Ledger, Transfer
+from .ledger import Change, DuplicateContent, Ledger, Transfer
 from .names import new_transfer_id, sealed_name
-from .openpgp import seal
+from .openpgp import SealKeys, check_seal_keys, seal
 from .service import Service, TransportFactory
 from .transport import Progress, Transport
 
 log = logging.getLogger(__name__)
 
-
+# Why 64: enough documents between the steps that each group commit carries dozens of changes and the
+# uploads never wait for a seal; bounded so that a drop of 100,000 files does not start them all at once.
+DOCUMENTS_IN_FLIGHT = 64
+# Why 256: one claim commit per 256 dropped files; a crash loses no claim (each is in the ledger or the file
+# is still in the drop folder), and the first documents reach the seal step without waiting for a huge scan.
+CLAIMS_PER_COMMIT = 256
+# Why 60 s: the partner's certificate and our key are checked once per batch, not per document (~2 ms each);
+# a key that expires mid-run is refused within a minute, as a daemon's next run would.
+KEY_CHECK_SECONDS = 60.0
+# Why 256 KiB: sealing that much takes a few ms on the event loop, less than the GIL hand-over delays a seal
+# in a worker thread inflicts on the loop; larger documents go to a thread so the uploads keep moving.
+INLINE_SEAL_BYTES = 256 * 1024
 
 class ProgressSink(Protocol):
     """Where per-document upload progress goes (a rich progress bar in the CLI; nothing in a daemon)."""
@@ -160,54 +180,90 @@ class Outbound(Service):
             report.outcomes.append(Outcome(job.name, seen.name, None, "quarantined", f"{reason}: {target}"))
         for seen in intake.waiting:
             report.outcomes.append(Outcome(job.name, seen.name, None, "waiting", "still being written"))
-        claimed = []
-        for seen in intake.take:
-            transfer = self._claim(job, job.source / seen.name)
-            if transfer is not None:
-                claimed.append(transfer)
+        claimed: list[Transfer] = []
+        for i in range(0, len(intake.take), CLAIMS_PER_COMMIT):
+            claimed += self._claim(job, [job.source / seen.name for seen in intake.take[i : i + CLAIMS_PER_COMMIT]])
         return claimed
 
-    def _claim(self, job: SendJob, source: Path) -> Transfer | None:
-        transfer_id = new_transfer_id(self.clock())
-        remote = sealed_name(transfer_id, job.document_type, source.name)
-        work = self.work_dir / transfer_id
-        work.mkdir(parents=True, exist_ok=True)
-        transfer = self.ledger.claim(
-            transfer_id,
-            partner=job.partner,
-            job=job.name,
-            document_type=job.document_type,
-            source_name=source.name,
-            source_path=str(source),
-            work_path=str(work / "document"),
-            remote_name=str(remote),
-        )
-        try:
-            move_into(source, work / "document")
-        except FileNotFoundError:
-            # Another worker took it between our scan and our claim: not ours, nothing to do.
-            self.ledger.transition(
-                transfer_id, "failed", "source vanished before claim", last_error="taken by another worker"
-            )
-            shutil.rmtree(work, ignore_errors=True)
-            return None
-        log.info("claimed %s as %s", source, transfer_id, extra={"transfer_id": transfer_id})
-        crash_point("after-claim")
-        return transfer
+    def _claim(self, job: SendJob, sources: list[Path]) -> list[Transfer]:
+        """Claim ``sources`` in one commit, then move each into its work folder (the claim comes first)."""
+        changes = []
+        for source in sources:
+            transfer_id = new_transfer_id(self.clock())
+            work = self.work_dir / transfer_id
+            work.mkdir(parents=True, exist_ok=True)
+            values = {"partner": job.partner, "job": job.name, "document_type": job.document_type,
+                      "source_name": source.name, "source_path": str(source), "work_path": str(work / "document"),
+                      "remote_name": str(sealed_name(transfer_id, job.document_type, source.name))}  # fmt: skip
+            changes.append(Change(transfer_id, "claim", values=values))
+        claimed = []
+        for result, source in zip(self.ledger.apply(changes), sources, strict=True):
+            if isinstance(result, LedgerError):
+                raise result
+            work_file = Path(result.work_path or "")
+            try:
+                # No fsync of the work folder here: if a power cut loses this rename, the file is still in the
+                # drop folder and the durable claim makes ``prepare`` move it again; ``prepare`` fsyncs this
+                # same folder before it commits "sealed", so nothing after the claim relies on the rename alone.
+                _rename(source, work_file, durable=False)
+            except FileNotFoundError:
+                # Another worker took it between our scan and our claim: not ours, nothing to do.
+                self.ledger.transition(
+                    result.id, "failed", "source vanished before claim", last_error="taken by another worker"
+                )
+                shutil.rmtree(work_file.parent, ignore_errors=True)
+                continue
+            log.info("claimed %s as %s", source, result.id, extra={"transfer_id": result.id})
+            claimed.append(result)
+        if claimed:
+            crash_point("after-claim")
+        return claimed
+
+
+def _durable_replace(partial: Path, sealed: Path) -> None:
+    """fsync the sealed file, rename it into place and fsync its folder (which also makes the claim's move
+    durable) — all before "sealed" is committed."""
+    with partial.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(partial, sealed)
+    fsync_dir(sealed.parent)
+
+
+def _rename(src: Path, dst: Path, *, durable: bool) -> None:
+    """Move ``src`` to ``dst``: one rename on the same filesystem (fsynced only when ``durable``), else
+    :func:`move_into`'s copy-fsync-rename across filesystems."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        move_into(src, dst)
+        return
+    if durable:
+        fsync_dir(dst.parent)
 
 
 class _PartnerRun:
-    """One partner's share of a run: one connection, many documents in flight over it."""
+    """One partner's share of a run: one connection, many documents in flight over it.
+
+    Up to :data:`DOCUMENTS_IN_FLIGHT` documents move through the steps at once, each in order (hash, seal,
+    upload, archive; every state committed before the next step). Their ledger changes are grouped into
+    shared commits (:class:`GroupCommitter`), hashing, sealing and moving run in worker threads, and at most
+    ``files_in_flight`` uploads share the one SFTP session.
+    """
 
     def __init__(self, outbound: Outbound, partner: Partner, recipients: Sequence[Cert], report: SendReport) -> None:
         self.o = outbound
         self.partner = partner
         self.recipients = recipients
         self.report = report
+        self.commit = GroupCommitter(outbound.ledger)
+        self.documents = asyncio.Semaphore(DOCUMENTS_IN_FLIGHT)
         self.in_flight = asyncio.Semaphore(partner.sftp.files_in_flight if partner.sftp else os.cpu_count() or 2)
         self._transport: Transport | None = None
         self._connect_lock = asyncio.Lock()
         self._connect_error: PipelineError | None = None
+        self._keys: tuple[float, SealKeys] | None = None  # (loop time checked, verdict)
 
     async def transport(self) -> Transport:
         async with self._connect_lock:
@@ -229,61 +285,64 @@ class _PartnerRun:
         self.report.outcomes.append(Outcome(transfer.job or "", transfer.source_name, transfer.id, state, detail))
 
     async def process(self, transfer: Transfer) -> None:
-        async with self.in_flight:
+        async with self.documents:
             try:
                 if transfer.state == "claimed":
-                    transfer = await asyncio.to_thread(self.prepare, transfer)
+                    transfer = await self.prepare(transfer)
                     if transfer.state == "duplicate":
                         self._outcome(transfer, "duplicate", f"already sent as {transfer.duplicate_of}")
                         return
                 if transfer.state == "sealed":
-                    transfer = await self.upload(transfer)
+                    async with self.in_flight:
+                        transfer = await self.upload(transfer)
                 if transfer.state == "uploaded" and transfer.archived_at is None:
-                    transfer = await asyncio.to_thread(self.archive, transfer)
+                    transfer = await self.archive(transfer)
                 self._outcome(transfer, "uploaded", transfer.remote_name or "")
             except KeyPolicyError as exc:
                 # Fixable configuration (an expired partner certificate…): keep the document queued.
-                self.o.ledger.update(transfer.id, f"waiting for a usable key: {exc}", last_error=str(exc))
+                await self.commit.update(transfer.id, f"waiting for a usable key: {exc}", last_error=str(exc))
                 log.error("%s pending: %s", transfer.id, exc, extra={"transfer_id": transfer.id})
                 self._outcome(transfer, "pending", str(exc))
             except CryptoError as exc:
-                self.o.ledger.transition(transfer.id, "failed", str(exc), last_error=str(exc))
+                await self.commit.transition(transfer.id, "failed", str(exc), last_error=str(exc))
                 log.error("%s failed: %s", transfer.id, exc, extra={"transfer_id": transfer.id})
                 self._outcome(transfer, "failed", str(exc))
             except (TransportError, OSError, PipelineError) as exc:
                 # The state stays where it is; the next run tries again (after the operator fixed a host key
                 # pin or a permission, or the partner's server is back).
-                self.o.ledger.update(transfer.id, f"will retry: {exc}", last_error=str(exc))
+                await self.commit.update(transfer.id, f"will retry: {exc}", last_error=str(exc))
                 log.warning("%s pending: %s", transfer.id, exc, extra={"transfer_id": transfer.id})
                 self._outcome(transfer, "pending", str(exc))
 
-    # -- steps (prepare and archive run in a worker thread; the ledger is only touched by one at a time) ----
+    # -- steps (file work in worker threads; ledger changes through the group committer) -------------------
 
-    def prepare(self, transfer: Transfer) -> Transfer:
+    def _seal_keys(self) -> SealKeys:
+        """The policy verdict on the partner's certificate(s) and our key, re-taken every KEY_CHECK_SECONDS."""
+        now = asyncio.get_running_loop().time()
+        if self._keys is None or now - self._keys[0] > KEY_CHECK_SECONDS:
+            self._keys = (now, check_seal_keys(self.o.keys.signer, self.recipients, now=self.o.clock()))
+        return self._keys[1]
+
+    async def prepare(self, transfer: Transfer) -> Transfer:
         """claimed → sealed (or duplicate): finish the claim if a crash interrupted it, hash, check, seal."""
-        work = Path(transfer.work_path or "")
-        source = Path(transfer.source_path or "")
-        if not work.exists():
-            if source.exists() or source.is_symlink():
-                work.parent.mkdir(parents=True, exist_ok=True)
-                move_into(source, work)
-            else:
-                raise CryptoError(f"{transfer.id}: neither {source} nor its claimed copy {work} exists")
-        elif source.exists() and not source.is_symlink():
-            source.unlink()  # a cross-filesystem move was cut after the copy completed
-        digest, size = sha256_file(work)
+        work = await asyncio.to_thread(self._recover, transfer)
+        # pysequoia holds the GIL while it works: a seal in a worker thread stalls the event loop's every socket
+        # call for up to the interpreter's switch interval, so small documents are hashed and sealed right here.
+        inline = work.stat().st_size <= INLINE_SEAL_BYTES
+        digest, size = sha256_file(work) if inline else await asyncio.to_thread(sha256_file, work)
         try:
-            self.o.ledger.set_plaintext(transfer.id, digest, size)
+            await self.commit.apply(Change(transfer.id, "plaintext", values={"sha256": digest, "size": size}))
         except DuplicateContent as dup:
-            return self._archive_duplicate(transfer, work, dup.original)
+            return await self._archive_duplicate(transfer, work, dup.original)
+        checked = self._seal_keys()
         sealed = work.with_name(transfer.remote_name or "sealed.pgp")
         partial = sealed.with_name(sealed.name + ".tmp")
-        info = seal(work, partial, signer=self.o.keys.signer, recipients=self.recipients, now=self.o.clock())
-        with partial.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(partial, sealed)
-        fsync_dir(sealed.parent)
-        transfer = self.o.ledger.transition(
+        args = (work, partial)
+        kwargs = {"signer": self.o.keys.signer, "recipients": self.recipients, "now": self.o.clock(),
+                  "checked": checked, "fsync": False}  # fmt: skip
+        info = seal(*args, **kwargs) if inline else await asyncio.to_thread(seal, *args, **kwargs)  # type: ignore[arg-type]
+        await asyncio.to_thread(_durable_replace, partial, sealed)
+        transfer = await self.commit.transition(
             transfer.id,
             "sealed",
             info.algorithms,
@@ -296,14 +355,31 @@ class _PartnerRun:
         crash_point("after-seal")
         return transfer
 
-    def _archive_duplicate(self, transfer: Transfer, work: Path, original: str) -> Transfer:
+    def _recover(self, transfer: Transfer) -> Path:
+        work = Path(transfer.work_path or "")
+        source = Path(transfer.source_path or "")
+        if not work.exists():
+            if source.exists() or source.is_symlink():
+                work.parent.mkdir(parents=True, exist_ok=True)
+                move_into(source, work)
+            else:
+                raise CryptoError(f"{transfer.id}: neither {source} nor its claimed copy {work} exists")
+        elif source.exists() and not source.is_symlink():
+            source.unlink()  # a cross-filesystem move was cut after the copy completed
+        return work
+
+    async def _archive_duplicate(self, transfer: Transfer, work: Path, original: str) -> Transfer:
         target_dir = self.o.archive_dir / transfer.partner / "duplicates"
-        target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / f"{transfer.id}.{transfer.source_name}"
-        move_into(work, target)
-        shutil.rmtree(work.parent, ignore_errors=True)
+
+        def move() -> None:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            move_into(work, target)
+            shutil.rmtree(work.parent, ignore_errors=True)
+
+        await asyncio.to_thread(move)
         log.info("%s is a duplicate of %s; archived as %s", transfer.source_name, original, target)
-        return self.o.ledger.transition(
+        return await self.commit.transition(
             transfer.id,
             "duplicate",
             f"same name and content as {original}",
@@ -315,7 +391,7 @@ class _PartnerRun:
     async def upload(self, transfer: Transfer) -> Transfer:
         sealed = Path(transfer.sealed_path or "")
         transport = await self.transport()
-        self.o.ledger.update(transfer.id, attempts=transfer.attempts + 1)
+        await self.commit.update(transfer.id, attempts=transfer.attempts + 1)
         progress = (
             self.o.progress.start(transfer.source_name, transfer.ciphertext_size or 0) if self.o.progress else None
         )
@@ -333,7 +409,7 @@ class _PartnerRun:
         crash_point("after-upload")
         session = transport.session
         detail = f"{result.remote_path} ({'already present' if result.already_present else 'uploaded'})"
-        transfer = self.o.ledger.transition(
+        transfer = await self.commit.transition(
             transfer.id,
             "uploaded",
             detail,
@@ -346,18 +422,23 @@ class _PartnerRun:
         crash_point("after-ledger-upload")
         return transfer
 
-    def archive(self, transfer: Transfer) -> Transfer:
+    async def archive(self, transfer: Transfer) -> Transfer:
         """Keep the original and the sealed copy under archive/<partner>/sent/<date>/; clear the work dir."""
         day = (transfer.uploaded_at or transfer.created_at)[:10]
         target_dir = self.o.archive_dir / transfer.partner / "sent" / day
-        target_dir.mkdir(parents=True, exist_ok=True)
         original = target_dir / f"{transfer.id}.{transfer.source_name}"
         sealed = target_dir / (transfer.remote_name or f"{transfer.id}.pgp")
-        for src, dst in ((Path(transfer.work_path or ""), original), (Path(transfer.sealed_path or ""), sealed)):
-            if src.exists():
-                move_into(src, dst)
-        shutil.rmtree(Path(transfer.work_path or "").parent, ignore_errors=True)
-        return self.o.ledger.update(
+
+        def move() -> None:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            for src, dst in ((Path(transfer.work_path or ""), original), (Path(transfer.sealed_path or ""), sealed)):
+                if src.exists():
+                    _rename(src, dst, durable=False)
+            fsync_dir(target_dir)  # both renames at once, before archived_at is committed
+            shutil.rmtree(Path(transfer.work_path or "").parent, ignore_errors=True)
+
+        await asyncio.to_thread(move)
+        return await self.commit.update(
             transfer.id,
             archive_path=str(original),
             archive_sealed_path=str(sealed),
