@@ -41,6 +41,7 @@ from .names import new_transfer_id, sealed_name
 from .openpgp import SealKeys, check_seal_keys, seal
 from .service import Service, TransportFactory
 from .transport import Progress, Transport
+from .transport.sftp import SMALL_FILE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ KEY_CHECK_SECONDS = 60.0
 # Why 256 KiB: sealing that much takes a few ms on the event loop, less than the GIL hand-over delays a seal
 # in a worker thread inflicts on the loop; larger documents go to a thread so the uploads keep moving.
 INLINE_SEAL_BYTES = 256 * 1024
+# Why these two: a sealed file of at most one SFTP write request (transport/sftp.py SMALL_FILE_BYTES) is a few
+# round trips of latency, not bandwidth; 4 per files_in_flight slot (32 by default) keep at most ~8 MiB in
+# flight, one large upload's window, and hide the latency that made 1,000 small documents slow.
+SMALL_UPLOAD_BYTES = SMALL_FILE_BYTES
+SMALL_UPLOADS_PER_SLOT = 4
 
 class ProgressSink(Protocol):
     """Where per-document upload progress goes (a rich progress bar in the CLI; nothing in a daemon)."""
@@ -259,7 +265,9 @@ class _PartnerRun:
         self.report = report
         self.commit = GroupCommitter(outbound.ledger)
         self.documents = asyncio.Semaphore(DOCUMENTS_IN_FLIGHT)
-        self.in_flight = asyncio.Semaphore(partner.sftp.files_in_flight if partner.sftp else os.cpu_count() or 2)
+        slots = partner.sftp.files_in_flight if partner.sftp else os.cpu_count() or 2
+        self.in_flight = asyncio.Semaphore(slots)
+        self.small_in_flight = asyncio.Semaphore(slots * SMALL_UPLOADS_PER_SLOT)
         self._transport: Transport | None = None
         self._connect_lock = asyncio.Lock()
         self._connect_error: PipelineError | None = None
@@ -293,8 +301,7 @@ class _PartnerRun:
                         self._outcome(transfer, "duplicate", f"already sent as {transfer.duplicate_of}")
                         return
                 if transfer.state == "sealed":
-                    async with self.in_flight:
-                        transfer = await self.upload(transfer)
+                    transfer = await self.upload(transfer)
                 if transfer.state == "uploaded" and transfer.archived_at is None:
                     transfer = await self.archive(transfer)
                 self._outcome(transfer, "uploaded", transfer.remote_name or "")
@@ -396,9 +403,12 @@ class _PartnerRun:
             self.o.progress.start(transfer.source_name, transfer.ciphertext_size or 0) if self.o.progress else None
         )
         try:
-            result = await transport.put_atomic(
-                sealed, remote_directory(self.partner), transfer.remote_name or "", progress=progress
-            )
+            small = (transfer.ciphertext_size or 0) <= SMALL_UPLOAD_BYTES
+            # Only the SFTP work holds a slot; the commits around it are shared with the other documents.
+            async with self.small_in_flight if small else self.in_flight:
+                result = await transport.put_atomic(
+                    sealed, remote_directory(self.partner), transfer.remote_name or "", progress=progress
+                )
         finally:
             if self.o.progress:
                 self.o.progress.finish(transfer.source_name)
