@@ -26,7 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from .errors import LedgerError
 SCHEMA_VERSION = 1
 # Why 30 s: a second process (daemon + operator CLI) may hold the write lock through a long batch commit.
 BUSY_TIMEOUT_MS = 30_000
+# Why 500: SQLite allows 999 bound parameters per statement in old builds; 500 ids stay well inside it.
+_IDS_PER_QUERY = 500
 
 OUTBOUND_STATES = ("claimed", "sealed", "uploaded", "failed", "duplicate")
 RECEIPT_STATES = ("receipted", "rejected", "mismatch", "invalid-receipt")
@@ -243,22 +245,20 @@ class Inbound:
     updated_at: str
 
 
-_INBOUND_COLUMNS = tuple(f.name for f in fields(Inbound))
-_COLUMNS = tuple(f.name for f in fields(Transfer))
-
-
 @dataclass(frozen=True, slots=True)
-class Claim:
-    """One document a send run takes: what :meth:`Ledger.claim_many` records before the file is moved."""
+class Change:
+    """One change for :meth:`Ledger.apply`: a ``claim`` (``values`` = the new row's columns), a ``transition``
+    to ``new_state``, an ``update`` of columns, or the ``plaintext`` hash (``values`` = sha256, size)."""
 
     transfer_id: str
-    partner: str
-    job: str
-    document_type: str
-    source_name: str
-    source_path: str
-    work_path: str
-    remote_name: str
+    kind: str  # "claim", "transition", "update" or "plaintext"
+    new_state: str | None = None
+    detail: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+_INBOUND_COLUMNS = tuple(f.name for f in fields(Inbound))
+_COLUMNS = tuple(f.name for f in fields(Transfer))
 
 
 class DuplicateContent(LedgerError):
@@ -358,84 +358,101 @@ class Ledger:
         remote_name: str,
     ) -> Transfer:
         """Record that we take ``source_path``; the caller moves it to ``work_path`` next."""
-        self.claim_many(
-            [
-                Claim(transfer_id, partner, job, document_type, source_name, source_path, work_path, remote_name)
-            ]
-        )
-        return self.get(transfer_id)
-
-    def claim_many(self, claims: Sequence[Claim]) -> None:
-        """:meth:`claim` for several documents in one transaction: a burst costs one commit, not one each."""
-        now = self.now()
-        with self._tx() as db:
-            for c in claims:
-                self._insert_claim(db, c, now)
-
-    def _insert_claim(self, db: sqlite3.Connection, c: Claim, now: str) -> None:
-        db.execute(
-            """INSERT INTO transfers (id, direction, partner, job, document_type, source_name, source_path,
-                   work_path, remote_name, state, created_at, claimed_at, updated_at)
-               VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, 'claimed', ?, ?, ?)""",
-            (c.transfer_id, c.partner, c.job, c.document_type, c.source_name, c.source_path, c.work_path,
-             c.remote_name, now, now, now),
-        )
-        self._event(db, c.transfer_id, now, "claimed", c.source_path)
+        values = {"partner": partner, "job": job, "document_type": document_type, "source_name": source_name,
+                  "source_path": source_path, "work_path": work_path, "remote_name": remote_name}  # fmt: skip
+        return _raise_if_error(self.apply([Change(transfer_id, "claim", values=values)])[0])
 
     def set_plaintext(self, transfer_id: str, sha256: str, size: int) -> None:
         """Record the content hash; raise DuplicateContent when this content was already sent."""
-        now = self.now()
-        try:
-            with self._tx() as db:
-                db.execute(
-                    "UPDATE transfers SET plaintext_sha256 = ?, plaintext_size = ?, updated_at = ? WHERE id = ?",
-                    (sha256, size, now, transfer_id),
-                )
-        except LedgerError as exc:
-            if not isinstance(exc.__cause__, sqlite3.IntegrityError):
-                raise
-            row = self.get(transfer_id)
-            found = self._rows(
-                """SELECT id FROM transfers WHERE direction = 'out' AND partner = ? AND document_type = ?
-                   AND source_name = ? AND plaintext_sha256 = ? AND state NOT IN ('failed', 'duplicate')""",
-                (row.partner, row.document_type, row.source_name, sha256),
-            )
-            raise DuplicateContent(found[0]["id"] if found else "?") from exc
+        _raise_if_error(self.apply([Change(transfer_id, "plaintext", values={"sha256": sha256, "size": size})])[0])
 
     def transition(self, transfer_id: str, new_state: str, detail: str | None = None, **values: Any) -> Transfer:
         """Move a transfer to ``new_state``, setting ``values`` and the state's timestamp, in one transaction."""
-        now = self.now()
-        unknown = set(values) - set(_COLUMNS)
-        if unknown:
-            raise LedgerError(f"unknown ledger columns: {', '.join(sorted(unknown))}")
-        with self._tx() as db:
-            row = db.execute("SELECT state FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
-            if row is None:
-                raise LedgerError(f"no transfer {transfer_id} in {self.path}")
-            check_transition(row["state"], new_state)
-            stamp = f"{new_state.replace('-', '_')}_at"
-            if stamp in _COLUMNS:
-                values.setdefault(stamp, now)
-            values.update(state=new_state, updated_at=now)
-            assignments = ", ".join(f"{column} = ?" for column in values)
-            db.execute(f"UPDATE transfers SET {assignments} WHERE id = ?", (*values.values(), transfer_id))  # noqa: S608
-            self._event(db, transfer_id, now, new_state, detail)
-        return self.get(transfer_id)
+        return _raise_if_error(self.apply([Change(transfer_id, "transition", new_state, detail, values)])[0])
 
     def update(self, transfer_id: str, detail: str | None = None, **values: Any) -> Transfer:
         """Set columns without a state change (attempts, last_error, archive paths…)."""
-        unknown = set(values) - set(_COLUMNS)
-        if unknown or "state" in values:
-            raise LedgerError(f"update cannot set: {', '.join(sorted(unknown | ({'state'} & set(values))))}")
+        return _raise_if_error(self.apply([Change(transfer_id, "update", None, detail, values)])[0])
+
+    def apply(self, changes: Sequence[Change]) -> list[Transfer | LedgerError]:
+        """Apply ``changes`` in order in ONE transaction (one commit for many documents: group commit).
+
+        Each change is what :meth:`transition`, :meth:`update` or :meth:`set_plaintext` does alone, with its
+        events and audit rows written in the same transaction, in order. A change that is refused (illegal
+        state change, duplicate content) is rolled back alone, under a savepoint, and returned as its error;
+        the others still commit. A failing commit raises for all of them.
+        """
         now = self.now()
-        values["updated_at"] = now
+        outcome: list[Transfer | LedgerError | None] = []
         with self._tx() as db:
-            assignments = ", ".join(f"{column} = ?" for column in values)
-            db.execute(f"UPDATE transfers SET {assignments} WHERE id = ?", (*values.values(), transfer_id))  # noqa: S608
-            if detail:
-                current = db.execute("SELECT state FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
-                self._event(db, transfer_id, now, current["state"], detail)
-        return self.get(transfer_id)
+            for change in changes:
+                db.execute("SAVEPOINT change")
+                try:
+                    self._apply_one(db, now, change)
+                except (LedgerError, sqlite3.Error) as exc:
+                    db.execute("ROLLBACK TO change")
+                    outcome.append(self._refusal(db, change, exc))
+                else:
+                    outcome.append(None)
+                db.execute("RELEASE change")
+        rows = {t.id: t for t in self.get_many([c.transfer_id for c in changes])}
+        return [o if o is not None else rows[c.transfer_id] for c, o in zip(changes, outcome, strict=True)]
+
+    def _apply_one(self, db: sqlite3.Connection, now: str, change: Change) -> None:
+        values = dict(change.values)
+        if change.kind == "claim":  # a new row: the caller moves the file to ``work_path`` after the commit
+            values.update(id=change.transfer_id, direction="out", state="claimed", created_at=now, claimed_at=now,
+                          updated_at=now)  # fmt: skip
+            db.execute(
+                f"INSERT INTO transfers ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",  # noqa: S608
+                tuple(values.values()),
+            )
+            self._event(db, change.transfer_id, now, "claimed", values["source_path"])
+            return
+        if change.kind == "plaintext":
+            db.execute(
+                "UPDATE transfers SET plaintext_sha256 = ?, plaintext_size = ?, updated_at = ? WHERE id = ?",
+                (values["sha256"], values["size"], now, change.transfer_id),
+            )
+            return
+        unknown = set(values) - set(_COLUMNS)
+        if change.kind == "update" and (unknown or "state" in values):
+            raise LedgerError(f"update cannot set: {', '.join(sorted(unknown | ({'state'} & set(values))))}")
+        if unknown:
+            raise LedgerError(f"unknown ledger columns: {', '.join(sorted(unknown))}")
+        row = db.execute("SELECT state FROM transfers WHERE id = ?", (change.transfer_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no transfer {change.transfer_id} in {self.path}")
+        state = row["state"]
+        if change.kind == "transition":
+            state = change.new_state or ""
+            check_transition(row["state"], state)
+            stamp = f"{state.replace('-', '_')}_at"
+            if stamp in _COLUMNS:
+                values.setdefault(stamp, now)
+            values["state"] = state
+        values["updated_at"] = now
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        db.execute(f"UPDATE transfers SET {assignments} WHERE id = ?", (*values.values(), change.transfer_id))  # noqa: S608
+        if change.kind == "transition" or change.detail:
+            self._event(db, change.transfer_id, now, state, change.detail)
+
+    def _refusal(self, db: sqlite3.Connection, change: Change, exc: Exception) -> LedgerError:
+        if isinstance(exc, LedgerError):
+            return exc
+        if change.kind == "plaintext" and isinstance(exc, sqlite3.IntegrityError):
+            found = db.execute(
+                """SELECT o.id FROM transfers t JOIN transfers o ON o.direction = 'out' AND o.partner = t.partner
+                   AND o.document_type = t.document_type AND o.source_name = t.source_name
+                   AND o.plaintext_sha256 = ? AND o.state NOT IN ('failed', 'duplicate') WHERE t.id = ?""",
+                (change.values["sha256"], change.transfer_id),
+            ).fetchone()
+            dup = DuplicateContent(found["id"] if found else "?")
+            dup.__cause__ = exc
+            return dup
+        error = LedgerError(f"{self.path}: ledger write failed: {exc}")
+        error.__cause__ = exc
+        return error
 
     # -- inbound ------------------------------------------------------------------------------------
 
@@ -571,26 +588,6 @@ class Ledger:
 
     # -- queries ----------------------------------------------------------------------------------
 
-    def for_reconcile(self, since: str | None) -> tuple[list[Transfer], list[Inbound]]:
-        """Documents a report for ``[since, now)`` may show: changed since then, or still open."""
-        if since is None:
-            out = self._rows("SELECT * FROM transfers WHERE direction = 'out'")
-            inb = self._rows("SELECT * FROM inbound")
-        else:
-            out = self._rows(
-                """SELECT * FROM transfers WHERE direction = 'out' AND (updated_at >= ? OR created_at >= ?
-                   OR state IN ('claimed', 'sealed', 'uploaded', 'invalid-receipt', 'failed'))""",
-                (since, since),
-            )
-            inb = self._rows("SELECT * FROM inbound WHERE updated_at >= ? OR state = 'received'", (since,))
-        return ([_to_transfer(r) for r in out], [Inbound(*r) for r in inb])
-
-    def receipt_records(self, since: str | None) -> list[dict[str, Any]]:
-        """Receipts fetched since ``since`` (all when None), without their bytes."""
-        query = "SELECT seq, partner, name, transfer_id, verdict, reason, status, fetched_at FROM receipts"
-        rows = self._rows(query + " WHERE fetched_at >= ? ORDER BY seq", (since,)) if since else self._rows(query)
-        return [dict(r) for r in rows]
-
     def meta(self, key: str) -> str | None:
         rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0]["value"]) if rows else None
@@ -615,6 +612,19 @@ class Ledger:
         if row is None:
             raise LedgerError(f"no transfer {transfer_id} in {self.path}")
         return _to_transfer(row)
+
+    def get_many(self, transfer_ids: Sequence[str]) -> list[Transfer]:
+        """Several transfers by id, in the order asked (one query per 500 ids)."""
+        found: dict[str, Transfer] = {}
+        for i in range(0, len(transfer_ids), _IDS_PER_QUERY):
+            chunk = transfer_ids[i : i + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            for r in self._rows(f"SELECT * FROM transfers WHERE id IN ({marks})", chunk):  # noqa: S608
+                found[r["id"]] = _to_transfer(r)
+        missing = [t for t in transfer_ids if t not in found]
+        if missing:
+            raise LedgerError(f"no transfer {missing[0]} in {self.path}")
+        return [found[t] for t in transfer_ids]
 
     def unfinished(self, partner: str, job: str | None = None) -> list[Transfer]:
         """Outbound transfers a run must finish: in progress, or uploaded but not yet archived."""
@@ -711,7 +721,8 @@ class Ledger:
     def reconcile_rows(
         self, out_columns: Sequence[str], in_columns: Sequence[str], since: str | None
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """What :meth:`for_reconcile` selects (outbound without duplicates), as tuples of the named columns."""
+        """Outbound (without duplicates) and inbound rows a report for ``[since, now)`` may show — changed since then,
+        or still open — as tuples of the named columns."""
         for table, asked, known in (("transfers", out_columns, _COLUMNS), ("inbound", in_columns, _INBOUND_COLUMNS)):
             unknown = set(asked) - set(known)
             if unknown:  # the names are written into the query: only the table's own columns may be
@@ -726,7 +737,7 @@ class Ledger:
         return self._tuples(out_query, (since, since)), self._tuples(in_query, (since,))
 
     def receipt_records_with(self, verdicts: Sequence[str], since: str | None) -> list[dict[str, Any]]:
-        """:meth:`receipt_records` with one of ``verdicts`` only (the few a report lists, not every receipt)."""
+        """Receipts fetched since ``since`` (all when None) with one of ``verdicts``, without their bytes."""
         query = f"""SELECT seq, partner, name, transfer_id, verdict, reason, status, fetched_at FROM receipts
                     WHERE verdict IN ({", ".join("?" * len(verdicts))})"""  # noqa: S608
         if since is None:
@@ -763,6 +774,12 @@ _AUDITED: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 def _canonical(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _raise_if_error(result: Transfer | LedgerError) -> Transfer:
+    if isinstance(result, LedgerError):
+        raise result
+    return result
 
 
 def _to_transfer(row: sqlite3.Row) -> Transfer:

@@ -462,6 +462,20 @@ def _encryption_layer(dst: Path) -> tuple[int, int | None, int | None]:
     raise CryptoError("sealed output has no encrypted data packet")
 
 
+# The policy verdicts on the recipients and on our signing key (see :func:`check_seal_keys`).
+SealKeys = tuple[list[CertInfo], CertInfo]
+
+
+def check_seal_keys(
+    signer: SigningKey, recipients: Sequence[Cert], *, now: datetime, recipient_labels: Sequence[str] | None = None
+) -> SealKeys:
+    """Check every recipient (encrypt) and our signing key (verify) against the policy; raise KeyPolicyError."""
+    labels = list(recipient_labels or [])
+    labels += [f"recipient certificate {c.fingerprint.lower()}" for c in recipients[len(labels) :]]
+    infos = [check_cert(c, purpose="encrypt", now=now, label=lbl) for c, lbl in zip(recipients, labels, strict=True)]
+    return infos, check_cert(signer.cert, purpose="verify", now=now, label="our own OpenPGP key")
+
+
 def seal(
     src: Path,
     dst: Path,
@@ -470,20 +484,21 @@ def seal(
     recipients: Sequence[Cert],
     now: datetime,
     recipient_labels: Sequence[str] | None = None,
+    checked: SealKeys | None = None,
+    fsync: bool = True,
 ) -> SealInfo:
     """Sign ``src`` with our key and encrypt it to every recipient, writing binary OpenPGP to ``dst``.
 
     Every recipient and our signing key are checked against the policy first; a refused key
     raises :class:`KeyPolicyError` before anything is written. ``dst`` is overwritten if it exists
     (callers seal to a temporary name and rename); on any failure it is removed. Pysequoia errors
-    become :class:`CryptoError`.
+    become :class:`CryptoError`. ``checked`` is :func:`check_seal_keys`' verdict on the same keys, taken
+    recently: a caller sealing many documents checks the keys once per batch instead of once per document.
+    ``fsync=False`` leaves making ``dst`` durable to the caller (who fsyncs it in a worker thread).
     """
     if not recipients:
         raise CryptoError(f"sealing {src}: no recipients given")
-    labels = list(recipient_labels or [])
-    labels += [f"recipient certificate {c.fingerprint.lower()}" for c in recipients[len(labels) :]]
-    infos = [check_cert(c, purpose="encrypt", now=now, label=lbl) for c, lbl in zip(recipients, labels, strict=True)]
-    signer_info = check_cert(signer.cert, purpose="verify", now=now, label="our own OpenPGP key")
+    infos, signer_info = checked or check_seal_keys(signer, recipients, now=now, recipient_labels=recipient_labels)
     try:
         plaintext_sha256, plaintext_size = sha256_file(src)
     except OSError as exc:
@@ -498,7 +513,7 @@ def seal(
                 f"sealing {src}: Sequoia chose cipher {CIPHER_NAMES.get(cipher_id, cipher_id)} instead of AES-256; "
                 "refusing to send it (report this: the pysequoia default changed)"
             )
-        ciphertext_sha256, ciphertext_size = sha256_file(dst, fsync=True)
+        ciphertext_sha256, ciphertext_size = sha256_file(dst, fsync=fsync)
     except CryptoError:
         dst.unlink(missing_ok=True)
         raise

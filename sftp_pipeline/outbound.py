@@ -10,6 +10,7 @@ name already complete records it instead of sending again.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from .errors import (
     CryptoError,
     DiskFullError,
     KeyPolicyError,
+    LedgerError,
     PermanentTransportError,
     PipelineError,
     TransportError,
@@ -35,20 +37,34 @@ from .errors import (
 )
 from .faults import crash_point
 from .fsutil import fsync_dir, move_into, sha256_file
+from .groupcommit import GroupCommitter
 from .keys import OurKeys, load_partner_cert
-from .ledger import Claim, DuplicateContent, Ledger, Transfer
+from .ledger import Change, DuplicateContent, Ledger, Transfer
 from .names import new_transfer_id, sealed_name
-from .openpgp import seal
+from .openpgp import SealKeys, check_seal_keys, seal
 from .service import Service, TransportFactory
 from .transport import Progress, Transport
+from .transport.sftp import SMALL_FILE_BYTES
 
 log = logging.getLogger(__name__)
 
-# Why 256: a dropped burst costs one ledger commit per 256 files instead of one each, while a crash between that
-# commit and the moves leaves at most 256 claims for the recovery pass.
-CLAIM_BATCH = 256
-
-
+# Why 64: enough documents between the steps that each group commit carries dozens of changes and the
+# uploads never wait for a seal; bounded so that a drop of 100,000 files does not start them all at once.
+DOCUMENTS_IN_FLIGHT = 64
+# Why 256: one claim commit per 256 dropped files; a crash loses no claim (each is in the ledger or the file
+# is still in the drop folder), and the first documents reach the seal step without waiting for a huge scan.
+CLAIMS_PER_COMMIT = 256
+# Why 60 s: the partner's certificate and our key are checked once per batch, not per document (~2 ms each);
+# a key that expires mid-run is refused within a minute, as a daemon's next run would.
+KEY_CHECK_SECONDS = 60.0
+# Why 256 KiB: sealing that much takes a few ms on the event loop, less than the GIL hand-over delays a seal
+# in a worker thread inflicts on the loop; larger documents go to a thread so the uploads keep moving.
+INLINE_SEAL_BYTES = 256 * 1024
+# Why these two: a sealed file of at most one SFTP write request (transport/sftp.py SMALL_FILE_BYTES) is a few
+# round trips of latency, not bandwidth; 4 per files_in_flight slot (32 by default) keep at most ~8 MiB in
+# flight, one large upload's window, and hide the latency that made 1,000 small documents slow.
+SMALL_UPLOAD_BYTES = SMALL_FILE_BYTES
+SMALL_UPLOADS_PER_SLOT = 4
 
 class ProgressSink(Protocol):
     """Where per-document upload progress goes (a rich progress bar in the CLI; nothing in a daemon)."""
@@ -174,10 +190,10 @@ class Outbound(Service):
         for seen in intake.waiting:
             report.outcomes.append(Outcome(job.name, seen.name, None, "waiting", "still being written"))
         claimed: list[Transfer] = []
-        sources = [job.source / seen.name for seen in intake.take]
-        for start in range(0, len(sources), CLAIM_BATCH):
-            batch, full = self._claim_batch(job, sources[start : start + CLAIM_BATCH])
-            claimed.extend(batch)
+        for i in range(0, len(intake.take), CLAIMS_PER_COMMIT):
+            sources = [job.source / seen.name for seen in intake.take[i : i + CLAIMS_PER_COMMIT]]
+            batch, full = self._claim(job, sources)
+            claimed += batch
             if full is not None:
                 # The work area is full: this and the rest stay in the drop folder for the next run.
                 log.error("%s", full[1])
@@ -185,72 +201,115 @@ class Outbound(Service):
                 break
         return claimed
 
-    def _claim_batch(
-        self, job: SendJob, sources: list[Path]
-    ) -> tuple[list[Transfer], tuple[str, DiskFullError] | None]:
-        """Claim ``sources``: the ledger rows first (one commit), then each file moved into its work dir.
+    def _claim(self, job: SendJob, sources: list[Path]) -> tuple[list[Transfer], tuple[str, DiskFullError] | None]:
+        """Claim ``sources`` in one commit, then move each into its work folder (the claim comes first).
 
-        The moves are atomic renames without a directory fsync each: after a crash the file is at one name or
-        the other and :meth:`_PartnerRun.prepare` finishes the move either way; the drop folder is fsynced once
-        at the end, so a taken file does not come back. Returns the claims and, when the work area filled up,
-        the document it could not take (that one and the rest are closed and stay in the drop folder).
+        Returns the claims and, when the work area filled up, the document it could not take (that one and the
+        rest are closed and stay in the drop folder for a later run).
         """
-        planned = []
+        changes: list[Change] = []
         for source in sources:
             transfer_id = new_transfer_id(self.clock())
-            remote = sealed_name(transfer_id, job.document_type, source.name)
-            work = self.work_dir / transfer_id / "document"
-            planned.append(
-                Claim(transfer_id, job.partner, job.name, job.document_type, source.name, str(source), str(work),
-                      str(remote))
-            )
-        self.ledger.claim_many(planned)
-        taken: list[str] = []
-        full: tuple[str, DiskFullError] | None = None
-        for i, claim in enumerate(planned):
-            source, work = Path(claim.source_path), Path(claim.work_path)
+            work = self.work_dir / transfer_id
             try:
-                work.parent.mkdir(parents=True, exist_ok=True)
-                move_into(source, work, durable=False)
+                work.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                if not is_no_space(exc):
+                    raise
+                for change in changes:  # nothing recorded yet: the files all stay in the drop folder
+                    shutil.rmtree(self.work_dir / change.transfer_id, ignore_errors=True)
+                return [], (source.name, disk_full(f"claiming {source.name} of send job {job.name}", self.work_dir))
+            values = {"partner": job.partner, "job": job.name, "document_type": job.document_type,
+                      "source_name": source.name, "source_path": str(source), "work_path": str(work / "document"),
+                      "remote_name": str(sealed_name(transfer_id, job.document_type, source.name))}  # fmt: skip
+            changes.append(Change(transfer_id, "claim", values=values))
+        claimed: list[Transfer] = []
+        results = self.ledger.apply(changes)
+        for i, (result, source) in enumerate(zip(results, sources, strict=True)):
+            if isinstance(result, LedgerError):
+                raise result
+            work_file = Path(result.work_path or "")
+            try:
+                # No fsync of the work folder here: if a power cut loses this rename, the file is still in the
+                # drop folder and the durable claim makes ``prepare`` move it again; ``prepare`` fsyncs this
+                # same folder before it commits "sealed", so nothing after the claim relies on the rename alone.
+                _rename(source, work_file, durable=False)
             except FileNotFoundError:
                 # Another worker took it between our scan and our claim: not ours, nothing to do.
                 self.ledger.transition(
-                    claim.transfer_id, "failed", "source vanished before claim", last_error="taken by another worker"
+                    result.id, "failed", "source vanished before claim", last_error="taken by another worker"
                 )
-                shutil.rmtree(work.parent, ignore_errors=True)
+                shutil.rmtree(work_file.parent, ignore_errors=True)
                 continue
             except OSError as exc:
                 if not is_no_space(exc):
                     raise
                 # Not taken after all: the documents are still in the drop folder (move_into leaves no half
                 # copy) and a later run claims them afresh; these claims are closed so nothing resumes them.
-                error = disk_full(f"claiming {source.name} of send job {job.name}", work.parent)
-                for rest in planned[i:]:
-                    self.ledger.transition(rest.transfer_id, "failed", "not taken: work area full",
-                                           last_error=str(error))
-                    shutil.rmtree(Path(rest.work_path).parent, ignore_errors=True)
-                full = (source.name, error)
-                break
-            taken.append(claim.transfer_id)
-            log.info("claimed %s as %s", source, claim.transfer_id, extra={"transfer_id": claim.transfer_id})
+                error = disk_full(f"claiming {source.name} of send job {job.name}", work_file.parent)
+                self._close_claims([change.transfer_id for change in changes[i:]], error)
+                if claimed:
+                    crash_point("after-claim")
+                return claimed, (source.name, error)
+            log.info("claimed %s as %s", source, result.id, extra={"transfer_id": result.id})
+            claimed.append(result)
+        if claimed:
             crash_point("after-claim")
-        if planned:
-            fsync_dir(job.source)
-        return [self.ledger.get(transfer_id) for transfer_id in taken], full
+        return claimed, None
+
+    def _close_claims(self, transfer_ids: list[str], error: DiskFullError) -> None:
+        """Close claims whose files stayed in the drop folder because the work area is full (none resumes)."""
+        for transfer_id in transfer_ids:
+            self.ledger.transition(transfer_id, "failed", "not taken: work area full", last_error=str(error))
+            shutil.rmtree(self.work_dir / transfer_id, ignore_errors=True)
+
+
+def _durable_replace(partial: Path, sealed: Path) -> None:
+    """fsync the sealed file, rename it into place and fsync its folder (which also makes the claim's move
+    durable) — all before "sealed" is committed."""
+    with partial.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(partial, sealed)
+    fsync_dir(sealed.parent)
+
+
+def _rename(src: Path, dst: Path, *, durable: bool) -> None:
+    """Move ``src`` to ``dst``: one rename on the same filesystem (fsynced only when ``durable``), else
+    :func:`move_into`'s copy-fsync-rename across filesystems."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        move_into(src, dst)
+        return
+    if durable:
+        fsync_dir(dst.parent)
 
 
 class _PartnerRun:
-    """One partner's share of a run: one connection, many documents in flight over it."""
+    """One partner's share of a run: one connection, many documents in flight over it.
+
+    Up to :data:`DOCUMENTS_IN_FLIGHT` documents move through the steps at once, each in order (hash, seal,
+    upload, archive; every state committed before the next step). Their ledger changes are grouped into
+    shared commits (:class:`GroupCommitter`), hashing, sealing and moving run in worker threads, and at most
+    ``files_in_flight`` uploads share the one SFTP session.
+    """
 
     def __init__(self, outbound: Outbound, partner: Partner, recipients: Sequence[Cert], report: SendReport) -> None:
         self.o = outbound
         self.partner = partner
         self.recipients = recipients
         self.report = report
-        self.in_flight = asyncio.Semaphore(partner.sftp.files_in_flight if partner.sftp else os.cpu_count() or 2)
+        self.commit = GroupCommitter(outbound.ledger)
+        self.documents = asyncio.Semaphore(DOCUMENTS_IN_FLIGHT)
+        slots = partner.sftp.files_in_flight if partner.sftp else os.cpu_count() or 2
+        self.in_flight = asyncio.Semaphore(slots)
+        self.small_in_flight = asyncio.Semaphore(slots * SMALL_UPLOADS_PER_SLOT)
         self._transport: Transport | None = None
         self._connect_lock = asyncio.Lock()
         self._connect_error: PipelineError | None = None
+        self._keys: tuple[float, SealKeys] | None = None  # (loop time checked, verdict)
 
     async def transport(self) -> Transport:
         async with self._connect_lock:
@@ -272,64 +331,66 @@ class _PartnerRun:
         self.report.outcomes.append(Outcome(transfer.job or "", transfer.source_name, transfer.id, state, detail))
 
     async def process(self, transfer: Transfer) -> None:
-        async with self.in_flight:
+        async with self.documents:
             try:
                 if transfer.state == "claimed":
-                    transfer = await asyncio.to_thread(self.prepare, transfer)
+                    transfer = await self.prepare(transfer)
                     if transfer.state == "duplicate":
                         self._outcome(transfer, "duplicate", f"already sent as {transfer.duplicate_of}")
                         return
                 if transfer.state == "sealed":
                     transfer = await self.upload(transfer)
                 if transfer.state == "uploaded" and transfer.archived_at is None:
-                    transfer = await asyncio.to_thread(self.archive, transfer)
+                    transfer = await self.archive(transfer)
                 self._outcome(transfer, "uploaded", transfer.remote_name or "")
             except KeyPolicyError as exc:
                 # Fixable configuration (an expired partner certificate…): keep the document queued.
-                self.o.ledger.update(transfer.id, f"waiting for a usable key: {exc}", last_error=str(exc))
+                await self.commit.update(transfer.id, f"waiting for a usable key: {exc}", last_error=str(exc))
                 log.error("%s pending: %s", transfer.id, exc, extra={"transfer_id": transfer.id})
                 self._outcome(transfer, "pending", str(exc))
             except CryptoError as exc:
-                self.o.ledger.transition(transfer.id, "failed", str(exc), last_error=str(exc))
+                await self.commit.transition(transfer.id, "failed", str(exc), last_error=str(exc))
                 log.error("%s failed: %s", transfer.id, exc, extra={"transfer_id": transfer.id})
                 self._outcome(transfer, "failed", str(exc))
             except (TransportError, OSError, PipelineError) as exc:
                 # The state stays where it is; the next run tries again (after the operator fixed a host key
                 # pin or a permission, or the partner's server is back).
-                self.o.ledger.update(transfer.id, f"will retry: {exc}", last_error=str(exc))
+                await self.commit.update(transfer.id, f"will retry: {exc}", last_error=str(exc))
                 log.warning("%s pending: %s", transfer.id, exc, extra={"transfer_id": transfer.id})
                 self._outcome(transfer, "pending", str(exc))
 
-    # -- steps (prepare and archive run in a worker thread; the ledger is only touched by one at a time) ----
+    # -- steps (file work in worker threads; ledger changes through the group committer) -------------------
 
-    def prepare(self, transfer: Transfer) -> Transfer:
+    def _seal_keys(self) -> SealKeys:
+        """The policy verdict on the partner's certificate(s) and our key, re-taken every KEY_CHECK_SECONDS."""
+        now = asyncio.get_running_loop().time()
+        if self._keys is None or now - self._keys[0] > KEY_CHECK_SECONDS:
+            self._keys = (now, check_seal_keys(self.o.keys.signer, self.recipients, now=self.o.clock()))
+        return self._keys[1]
+
+    async def prepare(self, transfer: Transfer) -> Transfer:
         """claimed → sealed (or duplicate): finish the claim if a crash interrupted it, hash, check, seal."""
-        work = Path(transfer.work_path or "")
-        source = Path(transfer.source_path or "")
-        if not work.exists():
-            if source.exists() or source.is_symlink():
-                work.parent.mkdir(parents=True, exist_ok=True)
-                move_into(source, work)
-            else:
-                raise CryptoError(f"{transfer.id}: neither {source} nor its claimed copy {work} exists")
-        elif source.exists() and not source.is_symlink():
-            source.unlink()  # a cross-filesystem move was cut after the copy completed
-        digest, size = sha256_file(work)
+        work = await asyncio.to_thread(self._recover, transfer)
+        # pysequoia holds the GIL while it works: a seal in a worker thread stalls the event loop's every socket
+        # call for up to the interpreter's switch interval, so small documents are hashed and sealed right here.
+        inline = work.stat().st_size <= INLINE_SEAL_BYTES
+        digest, size = sha256_file(work) if inline else await asyncio.to_thread(sha256_file, work)
         try:
-            self.o.ledger.set_plaintext(transfer.id, digest, size)
+            await self.commit.apply(Change(transfer.id, "plaintext", values={"sha256": digest, "size": size}))
         except DuplicateContent as dup:
-            return self._archive_duplicate(transfer, work, dup.original)
+            return await self._archive_duplicate(transfer, work, dup.original)
+        checked = self._seal_keys()
         sealed = work.with_name(transfer.remote_name or "sealed.pgp")
         partial = sealed.with_name(sealed.name + ".tmp")
+        args = (work, partial)
+        kwargs = {"signer": self.o.keys.signer, "recipients": self.recipients, "now": self.o.clock(),
+                  "checked": checked, "fsync": False}  # fmt: skip
         try:
-            info = seal(work, partial, signer=self.o.keys.signer, recipients=self.recipients, now=self.o.clock())
+            info = seal(*args, **kwargs) if inline else await asyncio.to_thread(seal, *args, **kwargs)  # type: ignore[arg-type]
         except DiskFullError as exc:  # name the document, not its claimed copy
             raise disk_full(f"sealing {transfer.source_name} ({transfer.id})", partial.parent) from exc
-        with partial.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(partial, sealed)
-        fsync_dir(sealed.parent)
-        transfer = self.o.ledger.transition(
+        await asyncio.to_thread(_durable_replace, partial, sealed)
+        transfer = await self.commit.transition(
             transfer.id,
             "sealed",
             info.algorithms,
@@ -342,14 +403,31 @@ class _PartnerRun:
         crash_point("after-seal")
         return transfer
 
-    def _archive_duplicate(self, transfer: Transfer, work: Path, original: str) -> Transfer:
+    def _recover(self, transfer: Transfer) -> Path:
+        work = Path(transfer.work_path or "")
+        source = Path(transfer.source_path or "")
+        if not work.exists():
+            if source.exists() or source.is_symlink():
+                work.parent.mkdir(parents=True, exist_ok=True)
+                move_into(source, work)
+            else:
+                raise CryptoError(f"{transfer.id}: neither {source} nor its claimed copy {work} exists")
+        elif source.exists() and not source.is_symlink():
+            source.unlink()  # a cross-filesystem move was cut after the copy completed
+        return work
+
+    async def _archive_duplicate(self, transfer: Transfer, work: Path, original: str) -> Transfer:
         target_dir = self.o.archive_dir / transfer.partner / "duplicates"
-        target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / f"{transfer.id}.{transfer.source_name}"
-        move_into(work, target)
-        shutil.rmtree(work.parent, ignore_errors=True)
+
+        def move() -> None:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            move_into(work, target)
+            shutil.rmtree(work.parent, ignore_errors=True)
+
+        await asyncio.to_thread(move)
         log.info("%s is a duplicate of %s; archived as %s", transfer.source_name, original, target)
-        return self.o.ledger.transition(
+        return await self.commit.transition(
             transfer.id,
             "duplicate",
             f"same name and content as {original}",
@@ -361,14 +439,17 @@ class _PartnerRun:
     async def upload(self, transfer: Transfer) -> Transfer:
         sealed = Path(transfer.sealed_path or "")
         transport = await self.transport()
-        self.o.ledger.update(transfer.id, attempts=transfer.attempts + 1)
+        await self.commit.update(transfer.id, attempts=transfer.attempts + 1)
         progress = (
             self.o.progress.start(transfer.source_name, transfer.ciphertext_size or 0) if self.o.progress else None
         )
         try:
-            result = await transport.put_atomic(
-                sealed, remote_directory(self.partner), transfer.remote_name or "", progress=progress
-            )
+            small = (transfer.ciphertext_size or 0) <= SMALL_UPLOAD_BYTES
+            # Only the SFTP work holds a slot; the commits around it are shared with the other documents.
+            async with self.small_in_flight if small else self.in_flight:
+                result = await transport.put_atomic(
+                    sealed, remote_directory(self.partner), transfer.remote_name or "", progress=progress
+                )
         finally:
             if self.o.progress:
                 self.o.progress.finish(transfer.source_name)
@@ -379,7 +460,7 @@ class _PartnerRun:
         crash_point("after-upload")
         session = transport.session
         detail = f"{result.remote_path} ({'already present' if result.already_present else 'uploaded'})"
-        transfer = self.o.ledger.transition(
+        transfer = await self.commit.transition(
             transfer.id,
             "uploaded",
             detail,
@@ -392,18 +473,23 @@ class _PartnerRun:
         crash_point("after-ledger-upload")
         return transfer
 
-    def archive(self, transfer: Transfer) -> Transfer:
+    async def archive(self, transfer: Transfer) -> Transfer:
         """Keep the original and the sealed copy under archive/<partner>/sent/<date>/; clear the work dir."""
         day = (transfer.uploaded_at or transfer.created_at)[:10]
         target_dir = self.o.archive_dir / transfer.partner / "sent" / day
-        target_dir.mkdir(parents=True, exist_ok=True)
         original = target_dir / f"{transfer.id}.{transfer.source_name}"
         sealed = target_dir / (transfer.remote_name or f"{transfer.id}.pgp")
-        for src, dst in ((Path(transfer.work_path or ""), original), (Path(transfer.sealed_path or ""), sealed)):
-            if src.exists():
-                move_into(src, dst)
-        shutil.rmtree(Path(transfer.work_path or "").parent, ignore_errors=True)
-        return self.o.ledger.update(
+
+        def move() -> None:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            for src, dst in ((Path(transfer.work_path or ""), original), (Path(transfer.sealed_path or ""), sealed)):
+                if src.exists():
+                    _rename(src, dst, durable=False)
+            fsync_dir(target_dir)  # both renames at once, before archived_at is committed
+            shutil.rmtree(Path(transfer.work_path or "").parent, ignore_errors=True)
+
+        await asyncio.to_thread(move)
+        return await self.commit.update(
             transfer.id,
             archive_path=str(original),
             archive_sealed_path=str(sealed),

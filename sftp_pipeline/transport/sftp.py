@@ -39,6 +39,8 @@ BLOCK_SIZE = 261120
 # Why 32: ~8 MiB in flight fills a 100 Mbit/s link at 600 ms RTT; on loopback against sshd 9.2 it measured
 # fastest of 16/32/64/128 (256 MiB, aes256-gcm: ~120-130 MiB/s up; chacha20-poly1305: ~90-100 MiB/s).
 MAX_REQUESTS = 32
+# Why one block: a file that fits one write request goes up with one request instead of a copy loop.
+SMALL_FILE_BYTES = BLOCK_SIZE
 # Why 3: with the interval at a third of the stall timeout, a silent server is dropped within it.
 KEEPALIVE_COUNT_MAX = 3
 PIN_WHERE = "partners.{partner}.sftp.host_keys"
@@ -241,6 +243,8 @@ class SftpTransport(Transport):
                 f"partner {self._partner!r}: {final} on {self._where} already exists with {existing.size} "
                 f"bytes, not {size}; it was not overwritten — ask the partner what that file is"
             )
+        if size <= SMALL_FILE_BYTES:
+            return await self._put_small(local, temp, final, size, progress)
         await self._op("remove stale", temp, self._remove_if_present(temp))
         try:
             await self._transfer("upload", temp, lambda h: self._upload(local, temp, h), progress)
@@ -264,6 +268,41 @@ class SftpTransport(Transport):
                 f"partner {self._partner!r}: {final} on {self._where} has "
                 f"{'no file' if landed is None else f'{landed.size} bytes'} after the rename, expected {size}"
             )
+        return PutResult(remote_path=final, size=size)
+
+    async def _put_small(
+        self, local: Path, temp: str, final: str, size: int, progress: Progress | None
+    ) -> PutResult:
+        """One write request: open the temporary name truncating any stale one, write, check the size on the
+        open handle, close, rename. Half the round trips of the general path, which is what a small file costs."""
+        try:
+            data = local.read_bytes()
+        except OSError as exc:
+            raise errors.PermanentTransportError(
+                f"partner {self._partner!r}: cannot read the local file {local}: {exc.strerror}"
+            ) from exc
+        if len(data) != size:
+            raise errors.TransientTransportError(
+                f"partner {self._partner!r}: {local} changed size while uploading it ({len(data)} bytes, {size} "
+                "expected); the upload will be retried"
+            )
+
+        async def write() -> int:
+            async with self._sftp.open(temp, "wb") as remote:
+                await remote.write(data, 0)
+                return (await remote.stat()).size or 0
+
+        written = await self._op("upload", temp, write())
+        if written != size:
+            await self._op("remove", temp, self._remove_if_present(temp))
+            raise errors.TransientTransportError(
+                f"partner {self._partner!r}: {temp} on {self._where} has {written} bytes after uploading {size} "
+                f"bytes from {local}; it was removed and the upload will be retried"
+            )
+        if progress is not None:
+            progress(size)
+        # The size was checked on the handle and the rename is atomic: the final name holds exactly that file.
+        await self._op("rename", final, self._commit(temp, final))
         return PutResult(remote_path=final, size=size)
 
     async def list(self, directory: str) -> list[RemoteEntry]:

@@ -107,11 +107,43 @@ def _ref_in_period(moment: str | None, start: datetime | None, end: datetime) ->
     return at is not None and (start is None or at >= start) and at < end
 
 
+def _read(ledger: Ledger, query: str, params: tuple[str, ...] = ()) -> list[sqlite3.Row]:
+    db = sqlite3.connect(ledger.path)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(query, params).fetchall()
+    finally:
+        db.close()
+
+
+def _for_reconcile(ledger: Ledger, since: str | None) -> tuple[list[Transfer], list[Inbound]]:
+    """The former ledger query: documents a report for ``[since, now)`` may show (changed since, or still open)."""
+    if since is None:
+        out = _read(ledger, "SELECT * FROM transfers WHERE direction = 'out'")
+        inb = _read(ledger, "SELECT * FROM inbound")
+    else:
+        out = _read(
+            ledger,
+            """SELECT * FROM transfers WHERE direction = 'out' AND (updated_at >= ? OR created_at >= ?
+               OR state IN ('claimed', 'sealed', 'uploaded', 'invalid-receipt', 'failed'))""",
+            (since, since),
+        )
+        inb = _read(ledger, "SELECT * FROM inbound WHERE updated_at >= ? OR state = 'received'", (since,))
+    return [Transfer(**dict(r)) for r in out], [Inbound(**dict(r)) for r in inb]
+
+
+def _receipt_records(ledger: Ledger, since: str | None) -> list[dict[str, Any]]:
+    """The former ledger query: receipts fetched since ``since`` (all when None), without their bytes."""
+    query = "SELECT seq, partner, name, transfer_id, verdict, reason, status, fetched_at FROM receipts"
+    rows = _read(ledger, query + " WHERE fetched_at >= ? ORDER BY seq", (since,)) if since else _read(ledger, query)
+    return [dict(r) for r in rows]
+
+
 def reference(
     ledger: Ledger, *, now: datetime, since: datetime | None, sla: Callable[[str, str], timedelta]
 ) -> tuple[list[dict[str, Any]], list[ReceiptNote], list[ReceiptNote]]:
     """(lines as dicts in report order, unsolicited, duplicates) the way the former implementation built them."""
-    transfers, inbound = ledger.for_reconcile(rfc3339(since) if since else None)
+    transfers, inbound = _for_reconcile(ledger, rfc3339(since) if since else None)
     lines = []
     for t in transfers:
         if t.direction != "out" or t.state == "duplicate":
@@ -129,7 +161,7 @@ def reference(
             lines.append(_ref_received(r))
     order = {s: i for i, s in enumerate(OUT_CLASSES)}
     lines.sort(key=lambda x: (x["direction"], x["partner"], order.get(x["status"], 99), x["transfer_id"]))
-    records = ledger.receipt_records(rfc3339(since) if since else None)
+    records = _receipt_records(ledger, rfc3339(since) if since else None)
     notes = [
         ReceiptNote(
             r["partner"], r["name"], r["transfer_id"], r["verdict"], r["reason"], parse_rfc3339(r["fetched_at"])
