@@ -140,6 +140,28 @@ class _PartnerSFTP(asyncssh.SFTPServer):
     def _is_busy(self, local: bytes) -> bool:
         return local in self._owner.busy
 
+    def _take_over(self, temp: bytes) -> None:
+        """Abandon another session's open upload to ``temp`` so that this session can restart it.
+
+        Only the partner can reach its own temporary names, and one transfer is uploaded by one worker at a
+        time (claims are idempotent), so a second session touching the same temporary name is the same
+        client starting over after its connection died. A black hole (no FIN, no RST) leaves the old
+        session open here until the keepalive gives up minutes later; refusing the retry until then would
+        leave the document pending for a whole schedule interval.
+        """
+        holder = self._owner.writers.get(temp)
+        if holder is None or holder[0] is self:
+            return
+        session, file_obj = holder
+        upload = session._uploads.pop(file_obj, None)
+        if upload is None:
+            return
+        log.warning(
+            "partner %s: a new session restarts the upload of %s; the session that was writing it has gone "
+            "silent and its upload is abandoned", self._partner, upload.remote,
+        )
+        session._abandon(file_obj, upload)
+
     # ---- opening, writing, closing ----------------------------------------------------------------
 
     def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
@@ -168,6 +190,7 @@ class _PartnerSFTP(asyncssh.SFTPServer):
 
     def _open_temporary(self, local: bytes, pflags: int, read_too: bool) -> object:
         """A temporary name the client manages itself (it will rename it when complete)."""
+        self._take_over(local)
         if self._is_busy(local):
             raise asyncssh.SFTPFailure("this temporary file is being written by another session")
         flags = os.O_RDWR if read_too else os.O_WRONLY
@@ -192,6 +215,7 @@ class _PartnerSFTP(asyncssh.SFTPServer):
         if not pflags & asyncssh.FXF_CREAT:
             raise asyncssh.SFTPNoSuchFile(f"{remote} does not exist")
         temp = posixpath.join(posixpath.dirname(local), os.fsencode(_temp_name(name)))
+        self._take_over(temp)
         if self._is_busy(local) or self._is_busy(temp):
             raise asyncssh.SFTPFailure(f"an upload to {remote} is already in progress")
         flags = (os.O_RDWR if read_too else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC
@@ -203,6 +227,7 @@ class _PartnerSFTP(asyncssh.SFTPServer):
     def _track(self, file_obj: object, upload: _Upload) -> None:
         self._uploads[file_obj] = upload
         self._owner.busy.add(upload.temp)
+        self._owner.writers[upload.temp] = (self, file_obj)
 
     def close(self, file_obj: object) -> Awaitable[None] | None:
         """Close a handle; publish an upload only when the client itself asked to close it.
@@ -234,6 +259,7 @@ class _PartnerSFTP(asyncssh.SFTPServer):
 
     def _release(self, upload: _Upload) -> None:
         self._owner.busy.discard(upload.temp)
+        self._owner.writers.pop(upload.temp, None)
         if upload.final is not None:
             self._owner.busy.discard(upload.final)
 
@@ -331,6 +357,7 @@ class _PartnerSFTP(asyncssh.SFTPServer):
 
     def remove(self, path: bytes) -> None:
         local = self.map_path(path)
+        self._take_over(local)
         if self._is_busy(local):
             raise asyncssh.SFTPFailure(f"{self._relative(local)} is being written")
         name = _decode(posixpath.basename(local))
@@ -503,6 +530,7 @@ class EmbeddedServer:
         self.login_keys: dict[str, frozenset[bytes]] = {}
         self.sessions: dict[str, int] = {}
         self.busy: set[bytes] = set()  # local paths being written: no second writer, no rename, no removal
+        self.writers: dict[bytes, tuple[_PartnerSFTP, object]] = {}  # temporary path → the session writing it
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self._hooks: set[asyncio.Future[Any]] = set()
         self._acceptor: asyncssh.SSHAcceptor | None = None

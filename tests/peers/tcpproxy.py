@@ -117,6 +117,7 @@ class RandomCuts:
 @dataclass(frozen=True, slots=True)
 class Event:
     time: float  # time.monotonic() when the fault was injected
+    wall: float  # time.time() then (to compare with log records' ``created``)
     kind: str
     connection: int
     direction: str
@@ -298,7 +299,7 @@ class TcpProxy:
     def _inject(self, conn: _Connection, direction: str) -> None:
         kind = conn.fault.kind
         with self._lock:
-            self.events.append(Event(time.monotonic(), kind, conn.index, direction, conn.moved[direction]))
+            self.events.append(Event(time.monotonic(), time.time(), kind, conn.index, direction, conn.moved[direction]))
         if kind == "stall":
             conn.stalled = True
             return
