@@ -39,7 +39,8 @@ BLOCK_SIZE = 261120
 # Why 32: ~8 MiB in flight fills a 100 Mbit/s link at 600 ms RTT; on loopback against sshd 9.2 it measured
 # fastest of 16/32/64/128 (256 MiB, aes256-gcm: ~120-130 MiB/s up; chacha20-poly1305: ~90-100 MiB/s).
 MAX_REQUESTS = 32
-# Why 3: with the interval at a third of the stall timeout, a silent server is dropped within it.
+# Why 3: asyncssh drops the connection at the (count + 1)-th unanswered interval, so with the interval at a
+# quarter of the stall timeout a silent server is dropped within it, even between transfers.
 KEEPALIVE_COUNT_MAX = 3
 PIN_WHERE = "partners.{partner}.sftp.host_keys"
 
@@ -169,7 +170,7 @@ class SftpTransport(Transport):
                     signature_algs=list(sshalgs.SIGNATURE_ALGS),
                     connect_timeout=endpoint.connect_timeout,
                     login_timeout=endpoint.connect_timeout,
-                    keepalive_interval=endpoint.stall_timeout / KEEPALIVE_COUNT_MAX,
+                    keepalive_interval=endpoint.stall_timeout / (KEEPALIVE_COUNT_MAX + 1),
                     keepalive_count_max=KEEPALIVE_COUNT_MAX,
                 )
                 sftp = await conn.start_sftp_client()

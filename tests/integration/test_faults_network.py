@@ -34,12 +34,14 @@ from pathlib import Path
 
 import pytest
 
+from sftp_pipeline import errors
 from sftp_pipeline.names import is_temporary
 from sftp_pipeline.receipts import receipt_file_names
 from sftp_pipeline.runtime import LEDGER_NAME
 from sftp_pipeline.server import EmbeddedServer
+from sftp_pipeline.transport.sftp import SftpTransport
 from tests.peers.parties import Party, make_party
-from tests.peers.sshd import Sshd, free_port
+from tests.peers.sshd import ClientKey, Sshd, free_port
 from tests.peers.tcpproxy import PASS, RandomCuts, TcpProxy, stall, throttle
 
 SEED = int(os.environ.get("FAULT_SEED", str(random.SystemRandom().randrange(1 << 32))))
@@ -417,6 +419,29 @@ def test_a_black_hole_is_detected_within_the_stall_timeout(
     # The next run, over the link that is back, delivered it once.
     (transfer,) = setup.aggregator.transfers()
     assert transfer.state == "uploaded" and os.listdir(setup.root / "inbox") == [transfer.remote_name]
+
+
+def test_an_idle_connection_into_a_black_hole_is_dropped_within_the_stall_timeout(
+    sshd: Sshd, ssh_client_key: ClientKey
+) -> None:
+    """Between transfers no watchdog runs; the SSH keepalive must drop a silent server just as fast."""
+
+    async def main(proxy: TcpProxy) -> str:
+        endpoint = sshd.endpoint(port=proxy.port, host_keys=[sshd.host_key_fingerprint], stall_timeout=STALL_TIMEOUT)
+        transport = await SftpTransport.connect(endpoint, client_key=ssh_client_key.path, partner_id="utility")
+        async with transport:
+            proxy.stall_now()
+            await asyncio.sleep(STALL_TIMEOUT * (1 + STALL_TOLERANCE))
+            started = time.monotonic()
+            with pytest.raises(errors.TransientTransportError) as failed:
+                await transport.list("inbox")
+            took = time.monotonic() - started
+            assert took < STALL_TIMEOUT * STALL_TOLERANCE, f"the dead connection was still open ({took:.2f}s)"
+            return str(failed.value)
+
+    with TcpProxy(sshd.port) as proxy:
+        message = asyncio.run(main(proxy))
+    assert "connection lost" in message and "stalled" not in message, message
 
 
 def test_a_throttled_link_still_completes(tmp_path: Path, sshd: Sshd) -> None:

@@ -191,6 +191,10 @@ class TcpProxy:
         with self._lock:
             self._plan = _as_plan(plan)
 
+    def stall_now(self) -> None:
+        """Black-hole every open connection from now on (both sockets stay open)."""
+        self._call(self._stall_all())
+
     def drop_all(self) -> None:
         """Reset every open connection now (as a crashed middlebox would)."""
         self._call(self._drop_all())
@@ -216,6 +220,12 @@ class TcpProxy:
             await asyncio.wait(self._handlers, timeout=THREAD_TIMEOUT / 2)
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def _stall_all(self) -> None:
+        for conn in list(self._live):
+            if not conn.stalled:
+                conn.fault = stall(conn.moved[UP])
+                self._inject(conn, UP)
 
     async def _drop_all(self) -> None:
         for conn in list(self._live):
