@@ -141,24 +141,27 @@ class _PartnerSFTP(asyncssh.SFTPServer):
         return local in self._owner.busy
 
     def _take_over(self, temp: bytes) -> None:
-        """Abandon another session's open upload to ``temp`` so that this session can restart it.
+        """Abandon another session's open upload to the client-managed temporary ``temp``, so this one can
+        restart it.
 
-        Only the partner can reach its own temporary names, and one transfer is uploaded by one worker at a
-        time (claims are idempotent), so a second session touching the same temporary name is the same
-        client starting over after its connection died. A black hole (no FIN, no RST) leaves the old
-        session open here until the keepalive gives up minutes later; refusing the retry until then would
-        leave the document pending for a whole schedule interval.
+        Only the partner reaches its own temporary names, and a client that writes a temporary name itself
+        (then renames it) is restarting its own upload when a second session opens or removes that name:
+        our client uploads one transfer from one worker at a time (claims are idempotent). A black hole
+        (no FIN, no RST) leaves the dead session open here until the keepalive gives up minutes later;
+        refusing the retry until then would leave the document pending for a whole schedule interval.
+        Uploads to a final name (the server's own temporary) keep the one-writer rule.
         """
         holder = self._owner.writers.get(temp)
         if holder is None or holder[0] is self:
             return
         session, file_obj = holder
-        upload = session._uploads.pop(file_obj, None)
-        if upload is None:
+        upload = session._uploads.get(file_obj)
+        if upload is None or upload.final is not None:
             return
+        del session._uploads[file_obj]
         log.warning(
-            "partner %s: a new session restarts the upload of %s; the session that was writing it has gone "
-            "silent and its upload is abandoned", self._partner, upload.remote,
+            "partner %s: a new session restarts the upload of %s; the session that was writing it is "
+            "abandoned (its client reconnected)", self._partner, upload.remote,
         )
         session._abandon(file_obj, upload)
 
@@ -215,7 +218,6 @@ class _PartnerSFTP(asyncssh.SFTPServer):
         if not pflags & asyncssh.FXF_CREAT:
             raise asyncssh.SFTPNoSuchFile(f"{remote} does not exist")
         temp = posixpath.join(posixpath.dirname(local), os.fsencode(_temp_name(name)))
-        self._take_over(temp)
         if self._is_busy(local) or self._is_busy(temp):
             raise asyncssh.SFTPFailure(f"an upload to {remote} is already in progress")
         flags = (os.O_RDWR if read_too else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC
