@@ -372,6 +372,7 @@ def test_collect_through_a_cutting_proxy_receives_each_document_once_with_one_re
     receipts = sorted(os.listdir(sshd.root / "receipts-in"))
     assert receipts == sorted(n for tid in sent for n in receipt_file_names(tid)), why(test)
     assert proxy.injected("cut", "reset") >= 1, why(test)
+    print(f"{test}: {proxy.injected('cut', 'reset')} cuts/resets, {len(documents)} documents {why(test)}")
     assert_ledger_intact(setup.aggregator)
 
 
