@@ -67,6 +67,11 @@ CONNECT_TIMEOUT = 5.0
 SERVER_START_TIMEOUT = 10.0
 
 
+@pytest.fixture(autouse=True)
+def _show_seed() -> None:
+    print(f"random offsets from FAULT_SEED={SEED}")  # captured output is shown with any failure
+
+
 def seeded(test: str) -> random.Random:
     return random.Random(f"{SEED}-{test}")
 
