@@ -63,6 +63,8 @@ RUNS_PER_CUT = 3
 FILES_IN_FLIGHT = 4
 # Why 5 s: connecting over loopback takes milliseconds; a cut during the handshake must not wait long.
 CONNECT_TIMEOUT = 5.0
+# Why 3 MiB/s: a restart batch (3 documents of 1-4 MiB) then takes seconds, so both restarts land mid-upload.
+RESTART_RATE = 3 * MiB
 # Why 10 s: a server restart takes well under a second; longer means it did not come back.
 SERVER_START_TIMEOUT = 10.0
 
@@ -485,7 +487,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[str] | None = None) -> None:
 def restart_mid_batch(setup: Setup, restart: Callable[[], None], test: str, restarts: int = 2) -> Batch:
     """Send a batch over a throttled link; restart the server ``restarts`` times while uploads are open."""
     batch = Batch()
-    batch.drop(setup.aggregator, seeded(test), large=3, small=6, max_large=3 * MiB)
+    batch.drop(setup.aggregator, seeded(test), large=3, small=6, max_large=4 * MiB)
     done: list[int] = []
     runner = threading.Thread(
         target=lambda: done.append(send_until_uploaded(setup.aggregator, len(batch.documents), None, test, 10))
@@ -501,12 +503,13 @@ def restart_mid_batch(setup: Setup, restart: Callable[[], None], test: str, rest
             restart()
         runner.join(120)
     assert done, f"send did not complete after the restarts {why(test)}"
+    print(f"{test}: {restarts} restarts mid-upload, {len(batch.documents)} documents, {done[0]} send run(s)")
     assert_delivered_once(setup, batch, watcher, test)
     return batch
 
 
 def test_openssh_restarted_mid_batch_then_the_batch_completes(tmp_path: Path, sshd: Sshd) -> None:
-    with TcpProxy(sshd.port, plan=throttle(4 * MiB)) as proxy:  # slow enough to restart mid-upload
+    with TcpProxy(sshd.port, plan=throttle(RESTART_RATE)) as proxy:  # slow enough to restart mid-upload
         setup = over_sshd(tmp_path, sshd, proxy.port, attempts=3)
 
         def restart() -> None:
@@ -520,7 +523,7 @@ def test_the_embedded_server_killed_and_restarted_mid_batch_then_the_batch_compl
     proxies: list[TcpProxy] = []
 
     def through_proxy(server_port: int) -> int:
-        proxies.append(TcpProxy(server_port, plan=throttle(4 * MiB)).start())
+        proxies.append(TcpProxy(server_port, plan=throttle(RESTART_RATE)).start())
         return proxies[-1].port
 
     setup = over_embedded(tmp_path, through_proxy, attempts=3)
