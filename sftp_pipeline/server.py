@@ -141,6 +141,31 @@ class _PartnerSFTP(asyncssh.SFTPServer):
     def _is_busy(self, local: bytes) -> bool:
         return local in self._owner.busy
 
+    def _take_over(self, temp: bytes) -> None:
+        """Abandon another session's open upload to the client-managed temporary ``temp``, so this one can
+        restart it.
+
+        Only the partner reaches its own temporary names, and a client that writes a temporary name itself
+        (then renames it) is restarting its own upload when a second session opens or removes that name:
+        our client uploads one transfer from one worker at a time (claims are idempotent). A black hole
+        (no FIN, no RST) leaves the dead session open here until the keepalive gives up minutes later;
+        refusing the retry until then would leave the document pending for a whole schedule interval.
+        Uploads to a final name (the server's own temporary) keep the one-writer rule.
+        """
+        holder = self._owner.writers.get(temp)
+        if holder is None or holder[0] is self:
+            return
+        session, file_obj = holder
+        upload = session._uploads.get(file_obj)
+        if upload is None or upload.final is not None:
+            return
+        del session._uploads[file_obj]
+        log.warning(
+            "partner %s: a new session restarts the upload of %s; the session that was writing it is "
+            "abandoned (its client reconnected)", self._partner, upload.remote,
+        )
+        session._abandon(file_obj, upload)
+
     # ---- opening, writing, closing ----------------------------------------------------------------
 
     def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
@@ -169,6 +194,7 @@ class _PartnerSFTP(asyncssh.SFTPServer):
 
     def _open_temporary(self, local: bytes, pflags: int, read_too: bool) -> object:
         """A temporary name the client manages itself (it will rename it when complete)."""
+        self._take_over(local)
         if self._is_busy(local):
             raise asyncssh.SFTPFailure("this temporary file is being written by another session")
         flags = os.O_RDWR if read_too else os.O_WRONLY
@@ -225,6 +251,7 @@ class _PartnerSFTP(asyncssh.SFTPServer):
     def _track(self, file_obj: object, upload: _Upload) -> None:
         self._uploads[file_obj] = upload
         self._owner.busy.add(upload.temp)
+        self._owner.writers[upload.temp] = (self, file_obj)
 
     def close(self, file_obj: object) -> Awaitable[None] | None:
         """Close a handle; publish an upload only when the client itself asked to close it.
@@ -267,6 +294,7 @@ class _PartnerSFTP(asyncssh.SFTPServer):
 
     def _release(self, upload: _Upload) -> None:
         self._owner.busy.discard(upload.temp)
+        self._owner.writers.pop(upload.temp, None)
         if upload.final is not None:
             self._owner.busy.discard(upload.final)
 
@@ -364,6 +392,7 @@ class _PartnerSFTP(asyncssh.SFTPServer):
 
     def remove(self, path: bytes) -> None:
         local = self.map_path(path)
+        self._take_over(local)
         if self._is_busy(local):
             raise asyncssh.SFTPFailure(f"{self._relative(local)} is being written")
         name = _decode(posixpath.basename(local))
@@ -536,6 +565,7 @@ class EmbeddedServer:
         self.login_keys: dict[str, frozenset[bytes]] = {}
         self.sessions: dict[str, int] = {}
         self.busy: set[bytes] = set()  # local paths being written: no second writer, no rename, no removal
+        self.writers: dict[bytes, tuple[_PartnerSFTP, object]] = {}  # temporary path → the session writing it
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self._hooks: set[asyncio.Future[Any]] = set()
         self._acceptor: asyncssh.SSHAcceptor | None = None

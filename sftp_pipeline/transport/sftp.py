@@ -41,7 +41,8 @@ BLOCK_SIZE = 261120
 MAX_REQUESTS = 32
 # Why one block: a file that fits one write request goes up with one request instead of a copy loop.
 SMALL_FILE_BYTES = BLOCK_SIZE
-# Why 3: with the interval at a third of the stall timeout, a silent server is dropped within it.
+# Why 3: asyncssh drops the connection at the (count + 1)-th unanswered interval, so with the interval at a
+# quarter of the stall timeout a silent server is dropped within it, even between transfers.
 KEEPALIVE_COUNT_MAX = 3
 PIN_WHERE = "partners.{partner}.sftp.host_keys"
 
@@ -171,7 +172,7 @@ class SftpTransport(Transport):
                     signature_algs=list(sshalgs.SIGNATURE_ALGS),
                     connect_timeout=endpoint.connect_timeout,
                     login_timeout=endpoint.connect_timeout,
-                    keepalive_interval=endpoint.stall_timeout / KEEPALIVE_COUNT_MAX,
+                    keepalive_interval=endpoint.stall_timeout / (KEEPALIVE_COUNT_MAX + 1),
                     keepalive_count_max=KEEPALIVE_COUNT_MAX,
                 )
                 sftp = await conn.start_sftp_client()

@@ -228,3 +228,24 @@ def test_a_failing_upload_hook_does_not_fail_the_upload(embedded_server_factory:
         remote.write(b"data")
     assert len(peer.wait_uploads(1)) == 1
     assert (peer.root() / "inbox" / "ok.pgp").read_bytes() == b"data"
+
+
+def test_a_new_session_restarts_a_client_managed_upload_its_dead_session_still_holds(
+    embedded_server: EmbeddedPeer,
+) -> None:
+    """A black-holed client reconnects before the server noticed: its retry must not be refused."""
+    inbox = embedded_server.root() / "inbox"
+    with paramiko_sftp(embedded_server) as dead, paramiko_sftp(embedded_server) as retry:
+        stale = dead.open("inbox/.doc.pgp.part", "wb")
+        stale.write(b"half of the first attempt")
+        stale.flush()  # the first session now goes silent, its handle still open on the server
+        retry.remove("inbox/.doc.pgp.part")
+        with retry.open("inbox/.doc.pgp.part", "wb") as fresh:
+            fresh.write(b"the whole document")
+        retry.posix_rename("inbox/.doc.pgp.part", "inbox/doc.pgp")
+        with pytest.raises(OSError):
+            stale.write(b"late bytes from the dead session")
+            stale.flush()
+    assert (inbox / "doc.pgp").read_bytes() == b"the whole document"
+    assert sorted(os.listdir(inbox)) == ["doc.pgp"]
+    assert [u.path.name for u in embedded_server.wait_uploads(1)] == ["doc.pgp"]

@@ -9,8 +9,10 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -96,6 +98,23 @@ class Sshd:
         fields.update(overrides)
         return config.SftpEndpoint(**fields)
 
+    def kill(self) -> None:
+        """SIGKILL sshd and every session process it forked (a crash or power cut of the server host)."""
+        if self.process is None:
+            return
+        victims = [self.process.pid, *_descendants(self.process.pid)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def start_again(self) -> None:
+        """Start sshd again on the same port with the same host key and configuration."""
+        assert self.process is None, "stop() or kill() it first"
+        self.process = _spawn(self.log.parent / "sshd_config", self.log)
+        _wait_for_port(self.host, self.port, self.process, self.log)
+
     def stop(self) -> None:
         if self.process is None:
             return
@@ -108,9 +127,34 @@ class Sshd:
         self.process = None
 
 
+def _spawn(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    sshd_bin = require_tool("sshd", "/usr/sbin/sshd")
+    with log.open("ab") as log_fh:
+        return subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(cfg)], stdout=log_fh, stderr=subprocess.STDOUT)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (sshd forks one per connection, and that one its privilege-separated child)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def start_sshd(base: Path, extra_config: str = "") -> Sshd:
     """Start sshd under ``base`` (config, keys, log, root); the caller must ``stop()`` it."""
-    sshd_bin = require_tool("sshd", "/usr/sbin/sshd")
+    require_tool("sshd", "/usr/sbin/sshd")
     etc = base / "etc"
     root = base / "root"
     etc.mkdir(parents=True)
@@ -152,8 +196,7 @@ def start_sshd(base: Path, extra_config: str = "") -> Sshd:
         )
     )
     log = etc / "sshd.log"
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(cfg)], stdout=log_fh, stderr=subprocess.STDOUT)
+    proc = _spawn(cfg, log)
     server = Sshd(
         host=host,
         port=port,
