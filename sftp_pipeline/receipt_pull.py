@@ -58,6 +58,7 @@ from typing import Any
 from .clock import Clock, rfc3339, utc_now
 from .config import Config, Partner, ReceiptsJob
 from .errors import KeyError_, LedgerError, PipelineError, TransportError
+from .faults import crash_point
 from .fsutil import fsync_dir, move_into
 from .keys import OurKeys, load_partner_cert
 from .ledger import Ledger, Transfer
@@ -326,6 +327,7 @@ class _PartnerPull:
             await self._remove(transport, pair)
             return
         files = await self._download(transport, pair)
+        crash_point("after-receipt-download")
         try:
             receipt = verify_receipt(
                 files,
@@ -361,6 +363,7 @@ class _PartnerPull:
             receipt_json=files[json_name],
             receipt_sig=files[sig_name],
         )
+        crash_point("after-settle")
         await self._remove(transport, pair)
         self._outcome(json_name, tid, judgement.verdict, judgement.detail)
 
