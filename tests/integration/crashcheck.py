@@ -59,7 +59,8 @@ def assert_exactly_once(aggregator: Party, utility: Party, remote_root: Path, do
     assert sorted(p.name for p in stored.iterdir()) == expected, "one receipt pair kept per transfer"
     agg_db = sqlite3.connect(aggregator.config().state_dir / LEDGER_NAME)
     try:
-        settled = Counter(tid for (tid,) in agg_db.execute("SELECT transfer_id FROM receipts WHERE verdict='receipted'"))
+        rows = agg_db.execute("SELECT transfer_id FROM receipts WHERE verdict = 'receipted'")
+        settled = Counter(tid for (tid,) in rows)
     finally:
         agg_db.close()
     assert settled == Counter(dict.fromkeys(by_id, 1)), "each receipt settles its transfer exactly once"
