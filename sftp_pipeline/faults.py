@@ -33,6 +33,7 @@ POINTS = frozenset(
         "after-settle",  # the transfer is settled and the receipt stored, the remote pair not yet removed
         # report (reporting.py, mail.py)
         "after-report-written",  # the signed report is on disk, its mail not yet queued
+        "after-report-queued",  # the report mail is in the outbox, the period not yet marked reported
         "mid-email",  # the SMTP session is open (TLS, login done), the message not yet accepted
     }
 )

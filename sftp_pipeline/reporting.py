@@ -60,6 +60,7 @@ def produce_report(rt: Runtime, *, now: datetime, since: datetime | str | None =
         key = f"{(start or EPOCH).strftime(QUEUE_STAMP)}-period" if since == "last" else None
         mail = report_mail(files.subject, files.html, [files.csv, files.html_sig, files.csv_sig])
         queue.put(build_message(mail, config.smtp), key=key)
+        crash_point("after-report-queued")
     rt.ledger.set_meta(LAST_REPORT_KEY, rfc3339(now))
     if email and config.smtp is not None:
         result = email_report(None, config.smtp, queue)

@@ -40,6 +40,7 @@ POINTS = [
     ("after-receipt-download", "aggregator", "receipts"),
     ("after-settle", "aggregator", "receipts"),
     ("after-report-written", "aggregator", "report"),
+    ("after-report-queued", "aggregator", "report"),
     ("mid-email", "aggregator", "report"),
 ]
 STEPS = ["send", "collect", "receipts", "report"]
