@@ -30,6 +30,7 @@ POINTS = frozenset(
         "after-receipt-sent",  # receipt files are on the partner's side, the document not yet removed there
         # receipts (receipt_pull.py)
         "after-receipt-download",  # a receipt pair is in staging, not yet verified or settled
+        "mid-settle",  # the transfer is settled in the ledger, its receipt not yet stored or recorded
         "after-settle",  # the transfer is settled and the receipt stored, the remote pair not yet removed
         # report (reporting.py, mail.py)
         "after-report-written",  # the signed report is on disk, its mail not yet queued

@@ -341,11 +341,15 @@ class _PartnerPull:
             await self._remove(transport, pair)
             return
         judgement = judge(receipt, transfer)
+        if judgement.verdict == "duplicate" and transfer is not None and not self._recorded(tid, json_name):
+            # This very receipt settled the transfer in a run killed before it was recorded: record it now.
+            judgement = Judgement(transfer.state, judgement.detail)
         if judgement.verdict == "premature":
             self._outcome(json_name, tid, "premature", judgement.detail)
             return
         if judgement.new_state is not None:
             self.p.ledger.transition(tid, judgement.new_state, judgement.detail, **judgement.values)
+            crash_point("mid-settle")
         if judgement.verdict in STORED_VERDICTS:
             stored = self._store(files)
         else:
@@ -366,6 +370,13 @@ class _PartnerPull:
         crash_point("after-settle")
         await self._remove(transport, pair)
         self._outcome(json_name, tid, judgement.verdict, judgement.detail)
+
+    def _recorded(self, tid: str, json_name: str) -> bool:
+        """Whether a receipt of this name already settled ``tid`` in the ledger."""
+        return any(
+            r["name"] == json_name and r["verdict"] in SETTLED_STATES
+            for r in self.p.ledger.receipts_for(self.partner.id, tid)
+        )
 
     def _settle_invalid(
         self, pair: Pair, transfer: Transfer | None, reason: str, message: str, files: dict[str, bytes]

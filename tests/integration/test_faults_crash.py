@@ -38,6 +38,7 @@ POINTS = [
     ("after-receipt-sent", "utility", "collect"),
     ("mid-download", "aggregator", "receipts"),
     ("after-receipt-download", "aggregator", "receipts"),
+    ("mid-settle", "aggregator", "receipts"),
     ("after-settle", "aggregator", "receipts"),
     ("after-report-written", "aggregator", "report"),
     ("after-report-queued", "aggregator", "report"),
