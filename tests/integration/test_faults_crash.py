@@ -22,8 +22,10 @@ from tests.peers.smtp import PASSWORD_ENV, RECIPIENTS, SENDER, SMTP_USER, SmtpPe
 from tests.peers.sshd import Sshd
 
 KILLS = 3  # each point is hit, and the process killed, this many times before the clean run
+# Why more documents than kills: concurrent documents may pass a point together before the kill lands, and
+# every one of the three runs must still find a document left to be killed on.
 
-DOCUMENTS = {f"INV-{n}.xml": f"<Invoice id='INV-{n}'><Total>{n}00.00</Total></Invoice>\n".encode() for n in (1, 2, 3)}
+DOCUMENTS = {f"INV-{n}.xml": f"<Invoice id='INV-{n}'><Total>{n}00.00</Total></Invoice>\n".encode() for n in range(1, 6)}
 
 # point → (which party runs the step, the CLI command)
 POINTS = [
