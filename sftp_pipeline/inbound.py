@@ -188,6 +188,8 @@ class Collector(Service):
                 )
             staged_path.unlink()
             await self._finish(previous, partner, transport)
+            if previous.source_removed_at is not None:  # sent again after we took it (a sender killed before
+                await transport.remove(place.documents, name)  # recording its upload): answered, now cleared too
             return Outcome(partner.id, name, sealed.transfer_id, "duplicate", "answered with the same receipt")
         archive = self._archive_path(partner, moment, name)
         await asyncio.to_thread(move_into, staged, archive)

@@ -115,3 +115,17 @@ def test_killed_three_times_at_a_point_then_a_clean_run_delivers_exactly_once(
         assert len(with_documents) == 1, "the report of the delivered documents is mailed exactly once"
         assert not list((aggregator.config().state_dir / "outbox-mail").glob("*.eml"))
     assert not orphans(aggregator.directory, utility.directory, sshd.root)
+
+
+def test_a_document_sent_again_after_the_partner_took_it_is_answered_and_cleared(tmp_path: Path, sshd: Sshd) -> None:
+    """Killed between the rename and the ledger commit while the partner collects: the re-upload goes too."""
+    aggregator, utility = pair_over_sshd(tmp_path, sshd)
+    aggregator.drop("invoice", "INV-1.xml", DOCUMENTS["INV-1.xml"])
+    killed = aggregator.cli("send", env={"SFTP_PIPELINE_CRASH_AT": "after-upload"})
+    assert killed.returncode == -signal.SIGKILL
+    assert utility.collect().count("accepted") == 1  # the partner takes it before the sender restarts
+    aggregator.send()  # not recorded as uploaded, so it goes again
+    assert len(list((sshd.root / "inbox").iterdir())) == 1
+    assert utility.collect().count("duplicate") == 1  # answered with the same receipt, not delivered again
+    aggregator.pull_receipts()
+    assert_exactly_once(aggregator, utility, sshd.root, {"INV-1.xml": DOCUMENTS["INV-1.xml"]})

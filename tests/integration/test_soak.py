@@ -98,6 +98,7 @@ def soak(tmp_path: Path, sshd: Sshd, docs: int, kills: int, seed: int) -> Tally:
                 assert proc.returncode in (0, 1), f"{name} exited {proc.returncode}: {err.decode()[-2000:]}"
     for name, data in pending:
         aggregator.drop("invoice", name, data)
+    print(f"soak: {docs} documents, {tally.kills} kills {tally.by_step} in {tally.rounds} rounds, seed {seed}")
     for _ in range(MAX_CLEAN_ROUNDS):
         for party, step in ((aggregator, "send"), (utility, "collect"), (aggregator, "receipts")):
             done = party.cli(step)
