@@ -34,6 +34,7 @@ from .clock import Clock, parse_rfc3339, rfc3339, utc_now
 from .config import CollectJob, Config, Partner
 from .dropfolder import quarantine_file
 from .errors import OpenRejected, PipelineError, TransportError
+from .faults import crash_point
 from .fsutil import fsync_dir, move_into, sha256_file
 from .keys import OurKeys, load_partner_cert
 from .ledger import Inbound, Ledger
@@ -187,6 +188,8 @@ class Collector(Service):
                 )
             staged_path.unlink()
             await self._finish(previous, partner, transport)
+            if previous.source_removed_at is not None:  # sent again after we took it (a sender killed before
+                await transport.remove(place.documents, name)  # recording its upload): answered, now cleared too
             return Outcome(partner.id, name, sealed.transfer_id, "duplicate", "answered with the same receipt")
         archive = self._archive_path(partner, moment, name)
         await asyncio.to_thread(move_into, staged, archive)
@@ -203,6 +206,7 @@ class Collector(Service):
         )
         log.info("received %s from %s (%d bytes)", name, partner.id, size, extra={"transfer_id": sealed.transfer_id})
         row = await asyncio.to_thread(self._open, job, partner, row)
+        crash_point("after-receipt-recorded")
         await self._finish(row, partner, transport)
         return Outcome(partner.id, name, row.transfer_id, row.state, row.status or "")
 
@@ -236,6 +240,7 @@ class Collector(Service):
                 plaintext, fingerprint, engine = opened.plaintext_sha256, opened.signer_fingerprint, opened.engine
                 delivered = str(target)
                 fsync_dir(folder)
+                crash_point("after-deliver")
         validated = self.clock()
         receipt = build_receipt(
             remote_name=row.remote_name,
@@ -290,6 +295,7 @@ class Collector(Service):
         if row.receipt_sent_at is None:
             row = self.ledger.update_inbound(partner.id, row.transfer_id, receipt_sent_at=self.ledger.now())
         if row.source_removed_at is None:
+            crash_point("after-receipt-sent")
             await transport.remove(place.documents, row.remote_name)
             self.ledger.update_inbound(partner.id, row.transfer_id, source_removed_at=self.ledger.now())
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from .config import Smtp
 from .errors import PipelineError
+from .faults import crash_point
 from .fsutil import fsync_dir
 from .keys import Passphrase, read_passphrase
 
@@ -221,10 +222,14 @@ class MailQueue:
     def __repr__(self) -> str:
         return f"MailQueue({str(self.directory)!r})"
 
-    def put(self, msg: EmailMessage) -> Path:
-        """Write ``msg`` into the outbox atomically (temp file, fsync, rename, fsync dir); returns its path."""
+    def put(self, msg: EmailMessage, *, key: str | None = None) -> Path:
+        """Write ``msg`` into the outbox atomically (temp file, fsync, rename, fsync dir); returns its path.
+
+        ``key`` (a file-name-safe string that sorts by age) names the message for good: putting the same key
+        again replaces a still queued copy, so a report re-made after a crash is mailed once, not twice.
+        """
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        path = self.directory / f"{stamp}-{secrets.token_hex(4)}{QUEUE_SUFFIX}"
+        path = self.directory / f"{key or f'{stamp}-{secrets.token_hex(4)}'}{QUEUE_SUFFIX}"
         self._write_atomic(path, msg.as_bytes(policy=policy.SMTP))
         return path
 
@@ -433,6 +438,7 @@ def deliver(msg: EmailMessage, smtp: Smtp, *, password: Passphrase | None) -> di
         try:
             if password is not None:
                 _login(conn, smtp, password)
+            crash_point("mid-email")
             refused = conn.send_message(msg, from_addr=smtp.sender, to_addrs=recipients)
         finally:
             try:

@@ -58,6 +58,7 @@ from typing import Any
 from .clock import Clock, rfc3339, utc_now
 from .config import Config, Partner, ReceiptsJob
 from .errors import KeyError_, LedgerError, PipelineError, TransportError
+from .faults import crash_point
 from .fsutil import fsync_dir, move_into
 from .keys import OurKeys, load_partner_cert
 from .ledger import Ledger, Transfer
@@ -326,6 +327,7 @@ class _PartnerPull:
             await self._remove(transport, pair)
             return
         files = await self._download(transport, pair)
+        crash_point("after-receipt-download")
         try:
             receipt = verify_receipt(
                 files,
@@ -339,11 +341,15 @@ class _PartnerPull:
             await self._remove(transport, pair)
             return
         judgement = judge(receipt, transfer)
+        if judgement.verdict == "duplicate" and transfer is not None and not self._recorded(tid, json_name):
+            # This very receipt settled the transfer in a run killed before it was recorded: record it now.
+            judgement = Judgement(transfer.state, judgement.detail)
         if judgement.verdict == "premature":
             self._outcome(json_name, tid, "premature", judgement.detail)
             return
         if judgement.new_state is not None:
             self.p.ledger.transition(tid, judgement.new_state, judgement.detail, **judgement.values)
+            crash_point("mid-settle")
         if judgement.verdict in STORED_VERDICTS:
             stored = self._store(files)
         else:
@@ -361,8 +367,16 @@ class _PartnerPull:
             receipt_json=files[json_name],
             receipt_sig=files[sig_name],
         )
+        crash_point("after-settle")
         await self._remove(transport, pair)
         self._outcome(json_name, tid, judgement.verdict, judgement.detail)
+
+    def _recorded(self, tid: str, json_name: str) -> bool:
+        """Whether a receipt of this name already settled ``tid`` in the ledger."""
+        return any(
+            r["name"] == json_name and r["verdict"] in SETTLED_STATES
+            for r in self.p.ledger.receipts_for(self.partner.id, tid)
+        )
 
     def _settle_invalid(
         self, pair: Pair, transfer: Transfer | None, reason: str, message: str, files: dict[str, bytes]

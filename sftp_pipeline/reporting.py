@@ -4,15 +4,21 @@ the daemon's report jobs and the demo."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from .audit import audit_path, head_path, read_head, sync_audit
 from .clock import rfc3339
+from .faults import crash_point
 from .mail import MailQueue, SendResult, build_message, email_report, report_mail
 from .reconcile import LAST_REPORT_KEY, Reconciliation, from_ledger, last_report_until
 from .report import ReportFiles, write_report
 from .runtime import Runtime
+
+# The outbox name of a report mail starts with its period's start in this form, so name order stays age order.
+QUEUE_STAMP = "%Y%m%dT%H%M%S%fZ"
+# The start of a first report's period (nothing reported yet).
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,16 @@ def produce_report(rt: Runtime, *, now: datetime, since: datetime | str | None =
         tz=ZoneInfo(config.report.timezone),
         audit_head=audit_anchor(rt),
     )
-    rt.ledger.set_meta(LAST_REPORT_KEY, rfc3339(now))
-    result = None
+    crash_point("after-report-written")
+    queue, result = MailQueue.in_state_dir(config.state_dir), None
     if email and config.smtp is not None:
+        # Queued before the period is marked reported (else a crash between the two loses the mail), under a
+        # name fixed by the period (else a crash between them mails the re-made report twice).
+        key = f"{(start or EPOCH).strftime(QUEUE_STAMP)}-period" if since == "last" else None
         mail = report_mail(files.subject, files.html, [files.csv, files.html_sig, files.csv_sig])
-        result = email_report(build_message(mail, config.smtp), config.smtp, MailQueue.in_state_dir(config.state_dir))
+        queue.put(build_message(mail, config.smtp), key=key)
+        crash_point("after-report-queued")
+    rt.ledger.set_meta(LAST_REPORT_KEY, rfc3339(now))
+    if email and config.smtp is not None:
+        result = email_report(None, config.smtp, queue)
     return Produced(rec, files, result)

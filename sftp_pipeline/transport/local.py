@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from .. import config, errors, names
+from ..faults import crash_point
 from ..fsutil import fsync_dir
 from . import Progress, PutResult, RemoteEntry, SessionInfo, Transport
 
@@ -63,6 +64,7 @@ class LocalTransport(Transport):
             temp.unlink(missing_ok=True)
             with local.open("rb") as src, temp.open("xb") as dst:
                 copied = await _copy(src, dst, progress)
+                crash_point("mid-upload")
                 await asyncio.to_thread(os.fsync, dst.fileno())
             if copied != size or temp.stat().st_size != size:
                 raise errors.TransientTransportError(
@@ -104,6 +106,7 @@ class LocalTransport(Transport):
                 if not stat_mod.S_ISREG(os.fstat(src.fileno()).st_mode):
                     raise errors.PermanentTransportError(f"partner {self._partner!r}: {source} is not a regular file")
                 size = await _copy(src, dst, progress)
+                crash_point("mid-download")
                 await asyncio.to_thread(os.fsync, dst.fileno())
             os.replace(temp, local)
             await asyncio.to_thread(fsync_dir, local.parent)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from .. import config, errors, names, sshalgs
+from ..faults import crash_point
 from ..fsutil import fsync_dir
 from . import Progress, PutResult, RemoteEntry, SessionInfo, Transport
 
@@ -427,6 +428,7 @@ class SftpTransport(Transport):
                 nonlocal moved
                 delta, moved = done - moved, done
                 watchdog.kick()
+                crash_point("mid-upload" if what == "upload" else "mid-download")
                 if progress is not None and delta:
                     progress(delta)
 

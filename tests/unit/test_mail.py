@@ -18,6 +18,7 @@ from sftp_pipeline.mail import (
     MailAuthError,
     MailError,
     MailPermanentError,
+    MailQueue,
     MailSecurityError,
     MailTemporaryError,
     ReportMail,
@@ -125,3 +126,15 @@ def test_smtp_password_sources(tmp_path: Path) -> None:
     loose.chmod(0o644)
     with pytest.raises(PipelineError, match="chmod 600"):
         smtp_password(smtp(username="u", password=Secret(file=loose)))
+
+
+def test_a_keyed_message_queued_again_replaces_the_queued_copy(tmp_path: Path) -> None:
+    queue = MailQueue(tmp_path / "outbox")
+    first = build_message(ReportMail("Report 1", "<p>one</p>", []), smtp())
+    again = build_message(ReportMail("Report 1, re-made", "<p>one</p>", []), smtp())
+    other = build_message(ReportMail("Report 2", "<p>two</p>", []), smtp())
+    path = queue.put(first, key="20261126T000000000000Z-period")
+    assert queue.put(again, key="20261126T000000000000Z-period") == path
+    unkeyed = queue.put(other)
+    assert queue.pending() == [path, unkeyed]  # a period's start sorts before the moment it is reported
+    assert queue.load(path)["Subject"] == "Report 1, re-made"
