@@ -11,7 +11,7 @@ run again (what the nightly schedule does) until the ledger says every document 
 * the ledger passes ``PRAGMA integrity_check``.
 
 The random offsets come from a seeded RNG; the seed is in every assertion message (set ``FAULT_SEED`` to
-replay one). ``-m slow`` runs the long version (200 cuts per server).
+replay one). ``-m soak`` runs the long version (200 cuts per server).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ MiB = 1024 * 1024
 # Why 27 per server: with the collect test this injects well over the 50 cuts the issue asks for in a
 # default (CI) run, at ~15-25 s per server on a loaded 2-core machine.
 CI_CUTS = 27
-# Why 200: the long hand-run version (`-m slow`); a few minutes per server.
+# Why 200: the long hand-run version (`-m soak`); a few minutes per server.
 SLOW_CUTS = 200
 # Why 2 s: short enough to keep the test quick, long enough that loopback never idles that long by accident.
 STALL_TIMEOUT = 2.0
@@ -315,7 +315,7 @@ def max_large_for(cuts: int) -> int:
     return 4 * MiB if cuts <= CI_CUTS else 8 * MiB
 
 
-@pytest.mark.parametrize("cuts", [CI_CUTS, pytest.param(SLOW_CUTS, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("cuts", [CI_CUTS, pytest.param(SLOW_CUTS, marks=pytest.mark.soak)])
 def test_random_cuts_against_openssh_deliver_each_document_once(tmp_path: Path, sshd: Sshd, cuts: int) -> None:
     test = "random_cuts_against_openssh"
     rng = seeded(f"{test}-{cuts}")
@@ -328,7 +328,7 @@ def test_random_cuts_against_openssh_deliver_each_document_once(tmp_path: Path, 
     assert_delivered_once(setup, batch, watcher, test)
 
 
-@pytest.mark.parametrize("cuts", [CI_CUTS, pytest.param(SLOW_CUTS, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("cuts", [CI_CUTS, pytest.param(SLOW_CUTS, marks=pytest.mark.soak)])
 def test_random_cuts_against_the_embedded_server_deliver_each_document_once(
     tmp_path: Path, embedded_thread: Callable[[Party], EmbeddedThread], cuts: int
 ) -> None:
