@@ -98,6 +98,12 @@ _GPG_OVERSIZE = "exceeded --max-output"
 # VALIDSIG carries 10 fields after the keyword, the last the primary key's fingerprint (GnuPG doc/DETAILS).
 _VALIDSIG_FIELDS = 11
 _AEAD_NAMES = {1: "EAX", 2: "OCB", 3: "GCM"}
+# Why 64 KiB: GnuPG writes the encrypted packet in 8 KiB partial-body chunks; the walk seeks chunk to chunk, and
+# with the default 8 KiB buffer every seek was a read (0.2 s per 256 MiB); 64 KiB measured fastest (0.08 s).
+_WALK_BUFFER = 64 * 1024
+# Why 64 KiB: the head of a message (session-key packets, then the encrypted packet's header) fits in it many
+# times over; a message whose encrypted packet starts later is opened the ordinary way, after the download.
+_HEAD_LIMIT = 64 * 1024
 
 Engine = Literal["sequoia", "gnupg"]
 
@@ -112,6 +118,17 @@ class Opened:
     literal_name: str | None  # as the sender wrote it: never use it as a path
     engine: Engine
     algorithms: str
+
+
+@dataclass(frozen=True)
+class GnupgRun:
+    """What GnuPG reported while it opened a message as the message downloaded (:mod:`.openpgp_stream`).
+
+    Its plaintext is in ``.{dst.name}.part``; :func:`open_message` judges it like any other GnuPG run.
+    """
+
+    lines: list[list[str]]
+    stderr: str
 
 
 # ------------------------------------------------------------------------------------------- packet walk
@@ -171,7 +188,7 @@ def _shape(src: Path) -> _Shape:
     if size == 0:
         raise OpenRejected(MALFORMED, f"{src}: the file is empty; ask the partner to send it again")
     recipients = 0
-    with src.open("rb") as fh:
+    with src.open("rb", buffering=_WALK_BUFFER) as fh:
         head = fh.read(len(_ARMOR_START))
         if head.startswith(_ARMOR_START):
             raise OpenRejected(MALFORMED, f"{src}: ASCII-armoured; the partner must send binary OpenPGP (no --armor)")
@@ -524,14 +541,19 @@ def open_message(
     now: datetime,
     max_output: int,
     gpg: str | None = shutil.which("gpg"),
+    streamed: GnupgRun | None = None,
 ) -> Opened:
     """Decrypt ``src`` with our key, verify it is signed by ``sender`` only, and release it as ``dst``.
+
+    ``streamed``: GnuPG already decrypted ``src`` while it downloaded (:mod:`.openpgp_stream`), into the
+    partial file; it is judged here by the same rules, after the same packet walk, instead of a second run.
 
     Raises :class:`OpenRejected` (with a status code from the module docstring) on any refusal; then
     no plaintext byte is left on disk. ``dst`` is replaced if it exists.
     """
     part = dst.with_name(f".{dst.name}.part")
-    part.unlink(missing_ok=True)
+    if streamed is None:
+        part.unlink(missing_ok=True)
     try:
         shape = _shape(src)
         _check_sender(sender, now, src)
@@ -539,6 +561,13 @@ def open_message(
             weak = _CIPHER_NAMES.get(shape.cipher, str(shape.cipher))
             raise OpenRejected(WEAK_ALGORITHM, f"{src}: encrypted with {weak}; only AES is accepted")
         engine: Engine = "gnupg" if shape.seipd_version == 1 and gpg else "sequoia"
+        if streamed is not None and shape.seipd_version == 1:
+            if part.exists() and part.stat().st_size > max_output:
+                raise _oversize(src, max_output)
+            algorithms, name = _judge_gnupg(src, streamed.lines, sender.fingerprint.lower(), now, streamed.stderr)
+            engine, gpg = "gnupg", None  # judged: no second run
+        elif streamed is not None:
+            part.unlink(missing_ok=True)  # cannot happen (the stream saw the same head); open it afresh
         if gpg and engine == "gnupg":
             try:
                 algorithms, name = _open_gnupg(src, part, keys, sender, now, max_output, gpg)

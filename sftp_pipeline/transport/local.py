@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from .. import config, errors, names
 from ..fsutil import fsync_dir
-from . import Progress, PutResult, RemoteEntry, SessionInfo, Transport
+from . import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,9 @@ class LocalTransport(Transport):
             raise self._translate(exc, "list", folder) from exc
         return sorted(found, key=lambda e: e.name)
 
-    async def get(self, directory: str, name: str, local: Path, progress: Progress | None = None) -> int:
+    async def get(
+        self, directory: str, name: str, local: Path, progress: Progress | None = None, *, tee: Tee | None = None
+    ) -> int:
         source = self._file(self._dir(directory), name)
         temp = local.with_name(f"{names.TEMP_PREFIX}{local.name}{names.TEMP_SUFFIX}")
         try:
@@ -103,7 +105,7 @@ class LocalTransport(Transport):
             with os.fdopen(fd, "rb") as src, temp.open("wb") as dst:
                 if not stat_mod.S_ISREG(os.fstat(src.fileno()).st_mode):
                     raise errors.PermanentTransportError(f"partner {self._partner!r}: {source} is not a regular file")
-                size = await _copy(src, dst, progress)
+                size = await _copy(src, dst, progress, tee)
                 await asyncio.to_thread(os.fsync, dst.fileno())
             os.replace(temp, local)
             await asyncio.to_thread(fsync_dir, local.parent)
@@ -191,13 +193,15 @@ def _regular_size(path: Path) -> int | None:
     return info.st_size
 
 
-async def _copy(src: BinaryIO, dst: BinaryIO, progress: Progress | None) -> int:
+async def _copy(src: BinaryIO, dst: BinaryIO, progress: Progress | None, tee: Tee | None = None) -> int:
     total = 0
     while True:
         chunk = await asyncio.to_thread(src.read, CHUNK_SIZE)
         if not chunk:
             return total
         await asyncio.to_thread(dst.write, chunk)
+        if tee is not None:
+            await tee(total, chunk)
         total += len(chunk)
         if progress is not None:
             progress(len(chunk))
