@@ -134,6 +134,8 @@ class GnupgRun:
 
     lines: list[list[str]]
     stderr: str
+    plaintext_sha256: str  # of the partial file, hashed as it was written
+    plaintext_size: int
 
 
 # ------------------------------------------------------------------------------------------- packet walk
@@ -587,7 +589,8 @@ def open_message(
             weak = _CIPHER_NAMES.get(shape.cipher, str(shape.cipher))
             raise OpenRejected(WEAK_ALGORITHM, f"{src}: encrypted with {weak}; only AES is accepted")
         engine: Engine = "gnupg" if shape.seipd_version == 1 and gpg else "sequoia"
-        if streamed is not None and shape.seipd_version == 1:
+        judged = streamed is not None and shape.seipd_version == 1
+        if streamed is not None and judged:
             if part.exists() and part.stat().st_size > max_output:
                 raise _oversize(src, max_output)
             algorithms, name = _judge_gnupg(src, streamed.lines, sender.fingerprint.lower(), now, streamed.stderr)
@@ -607,7 +610,10 @@ def open_message(
                 algorithms = f"{_CIPHER_NAMES.get(shape.cipher)}, {algorithms.replace('SEIPD', mode)}"
             else:
                 algorithms = algorithms.replace("SEIPD", "SEIPDv1")
-        digest, size = sha256_file(part)
+        if streamed is not None and judged:
+            digest, size = streamed.plaintext_sha256, streamed.plaintext_size
+        else:
+            digest, size = sha256_file(part)
         os.replace(part, dst)
     except OpenRejected:
         part.unlink(missing_ok=True)

@@ -3,9 +3,10 @@
 A :class:`GnupgStream` is the ``tee`` of a download (:mod:`.transport`): it sees every byte in file order.
 Its first bytes decide whether it starts GnuPG at all — only for session keys followed by a SEIPDv1 packet,
 the case :func:`~.openpgp_open.open_message` gives to GnuPG anyway. GnuPG then reads the rest on its stdin
-(the download waits for it: memory stays flat) and writes plaintext to the same ``.{dst.name}.part`` that
-``open_message`` uses. Nothing is released here: ``open_message(..., streamed=stream.finish())`` walks the
-downloaded file, judges GnuPG's status lines by the same rules and renames the partial file, or deletes it.
+(the download waits for it: memory stays flat); its plaintext is hashed on its way into the same
+``.{dst.name}.part`` that ``open_message`` uses. Nothing is released here:
+``open_message(..., streamed=stream.finish())`` walks the downloaded file, judges GnuPG's status lines by
+the same rules and renames the partial file, or deletes it.
 
 Any surprise makes the stream step aside (``finish`` returns None and ``open_message`` opens the file as
 before): a head that is not SEIPDv1, no ``gpg``, our key not importable into GnuPG, a restarted download.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import subprocess
@@ -22,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
+from . import fsutil
 from .keys import OurKeys
 from .openpgp import Cert
 from .openpgp_open import (
@@ -100,6 +103,9 @@ class GnupgStream:
         self._status = bytearray()
         self._stderr = bytearray()
         self._readers: list[threading.Thread] = []
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._keep_error: OSError | None = None
 
     async def __call__(self, offset: int, data: bytes) -> None:
         """The download's tee: every byte once, in order (see :data:`~.transport.Tee`)."""
@@ -140,12 +146,12 @@ class GnupgStream:
             "--max-output",
             str(self._max_output),
             "--output",
-            str(self.part),
+            "-",
             "--decrypt",
         ]
         try:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(status_w,)
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(status_w,)
             )
         except OSError:
             os.close(status_r)
@@ -154,13 +160,27 @@ class GnupgStream:
         finally:
             os.close(status_w)
         status = os.fdopen(status_r, "rb")
-        assert self._proc.stderr is not None
+        assert self._proc.stderr is not None and self._proc.stdout is not None
         for source, sink in ((status, self._status), (self._proc.stderr, self._stderr)):
             reader = threading.Thread(target=_drain, args=(source, sink), daemon=True)
             reader.start()
             self._readers.append(reader)
+        keeper = threading.Thread(target=self._keep, args=(self._proc.stdout,), daemon=True)
+        keeper.start()
+        self._readers.append(keeper)
         self._active = True
         return True
+
+    def _keep(self, plaintext: IO[bytes]) -> None:
+        """Write GnuPG's plaintext to the partial file, hashing it on the way (no second read to hash it)."""
+        try:
+            with plaintext, self.part.open("xb") as out:
+                while chunk := plaintext.read(fsutil.CHUNK):
+                    out.write(chunk)
+                    self._digest.update(chunk)
+                    self._size += len(chunk)
+        except OSError as exc:  # disk full, say: open_message opens the file afresh and reports it
+            self._keep_error = exc
 
     def _write(self, data: bytes) -> None:
         if self._proc is None or self._proc.stdin is None:
@@ -184,11 +204,15 @@ class GnupgStream:
             return None
         for reader in self._readers:
             reader.join()
+        if self._keep_error is not None:
+            log.info("%s: %s; opening it after the download instead", self.part, self._keep_error)
+            self.discard()
+            return None
         self._home.close()
         self._active, self._proc = False, None  # the partial file is open_message's from here on
         raw = self._status.decode("utf-8", "replace")
         lines = [line.removeprefix("[GNUPG:] ").split() for line in raw.splitlines() if line.startswith("[GNUPG:] ")]
-        return GnupgRun(lines, self._stderr.decode("utf-8", "replace"))
+        return GnupgRun(lines, self._stderr.decode("utf-8", "replace"), self._digest.hexdigest(), self._size)
 
     def discard(self) -> None:
         """Stop GnuPG and delete what it wrote; safe to call at any time, and twice."""
