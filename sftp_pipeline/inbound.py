@@ -9,6 +9,10 @@ crash is finished by the next run):
    only; plaintext is released into the delivery folder only after every
    check passed (``accepted``), otherwise nothing of it remains (``rejected``
    with a status code);
+
+(Steps 1 and 2 overlap for a SEIPDv1 message: the download's tee hashes each
+block and feeds GnuPG, which decrypts into a partial file as the bytes arrive
+— :mod:`.openpgp_stream`; the judging and the release still wait for step 1.)
 3. issue a signed receipt either way, kept in the ledger, and put it where
    the partner collects receipts (the ``.sig`` last: it marks completion);
 4. remove the document from where the partner left it.
