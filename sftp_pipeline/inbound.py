@@ -9,13 +9,13 @@ crash is finished by the next run):
    only; plaintext is released into the delivery folder only after every
    check passed (``accepted``), otherwise nothing of it remains (``rejected``
    with a status code);
-
-(Steps 1 and 2 overlap for a SEIPDv1 message: the download's tee hashes each
-block and feeds GnuPG, which decrypts into a partial file as the bytes arrive
-— :mod:`.openpgp_stream`; the judging and the release still wait for step 1.)
 3. issue a signed receipt either way, kept in the ledger, and put it where
    the partner collects receipts (the ``.sig`` last: it marks completion);
 4. remove the document from where the partner left it.
+
+Steps 1 and 2 overlap for a SEIPDv1 message: the download's tee hashes each
+block and feeds GnuPG, which decrypts into a partial file as the bytes arrive
+(:mod:`.openpgp_stream`); the judging and the release still wait for step 1.
 
 A document seen again with the same transfer id and the same bytes is
 answered with the same receipt and not delivered twice; the same id with
@@ -170,13 +170,18 @@ class Collector(Service):
         stream = None
         if previous is None and sealed.document_type in partner.receive:
             # Decrypt while it downloads (SEIPDv1 via GnuPG); released only after the ledger row and every check.
-            stream = GnupgStream(
-                self._target(job, sealed.transfer_id, sealed.document_type, sealed.original),
-                keys=self.keys,
-                sender=load_partner_cert(partner),
-                max_output=self._max_output(job),
-                gpg=shutil.which("gpg"),
-            )
+            try:
+                sender = load_partner_cert(partner)
+            except PipelineError:
+                pass  # reported where it always was: when the document is opened
+            else:
+                stream = GnupgStream(
+                    self._target(job, sealed.transfer_id, sealed.document_type, sealed.original),
+                    keys=self.keys,
+                    sender=sender,
+                    max_output=self._max_output(job),
+                    gpg=shutil.which("gpg"),
+                )
         try:
             return await self._take(job, partner, transport, name, received_at, staged, previous, stream)
         finally:
