@@ -13,6 +13,10 @@ crash is finished by the next run):
    the partner collects receipts (the ``.sig`` last: it marks completion);
 4. remove the document from where the partner left it.
 
+Steps 1 and 2 overlap for a SEIPDv1 message: the download's tee hashes each
+block and feeds GnuPG, which decrypts into a partial file as the bytes arrive
+(:mod:`.openpgp_stream`); the judging and the release still wait for step 1.
+
 A document seen again with the same transfer id and the same bytes is
 answered with the same receipt and not delivered twice; the same id with
 other bytes is quarantined (``duplicate-conflict``) and the first receipt
@@ -25,6 +29,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +44,8 @@ from .fsutil import fsync_dir, move_into, sha256_file
 from .keys import OurKeys, load_partner_cert
 from .ledger import Inbound, Ledger
 from .names import is_safe_name, parse_sealed_name
-from .openpgp_open import open_message
+from .openpgp_open import GnupgRun, open_message
+from .openpgp_stream import GnupgStream
 from .receipts import build_receipt, receipt_file_names, sign_receipt
 from .service import Service, TransportFactory
 from .transport import Transport
@@ -148,7 +154,6 @@ class Collector(Service):
     async def _collect(
         self, job: CollectJob, partner: Partner, transport: Transport, name: str, received_at: datetime | None
     ) -> Outcome:
-        place = place_of(partner)
         self.staging.mkdir(parents=True, exist_ok=True)
         try:
             sealed = parse_sealed_name(name)
@@ -162,10 +167,50 @@ class Collector(Service):
                 "not a sealed-document name (<transfer-id>.<type>.<name>.pgp)",
             )
         staged = self.staging / f"{partner.id}.{sealed.transfer_id}.pgp"
-        await transport.get(place.documents, name, staged)
-        moment = received_at or self.clock()
-        digest, size = await asyncio.to_thread(sha256_file, staged)
         previous = self.ledger.inbound(partner.id, sealed.transfer_id)
+        stream = None
+        if previous is None and sealed.document_type in partner.receive:
+            # Decrypt while it downloads (SEIPDv1 via GnuPG); released only after the ledger row and every check.
+            try:
+                sender = load_partner_cert(partner)
+            except PipelineError:
+                pass  # reported where it always was: when the document is opened
+            else:
+                stream = GnupgStream(
+                    self._target(job, sealed.transfer_id, sealed.document_type, sealed.original),
+                    keys=self.keys,
+                    sender=sender,
+                    max_output=self._max_output(job),
+                    gpg=shutil.which("gpg"),
+                )
+        try:
+            return await self._take(job, partner, transport, name, received_at, staged, previous, stream)
+        finally:
+            if stream is not None:
+                await asyncio.to_thread(stream.discard)  # a no-op once open_message has the partial file
+
+    async def _take(
+        self,
+        job: CollectJob,
+        partner: Partner,
+        transport: Transport,
+        name: str,
+        received_at: datetime | None,
+        staged: Path,
+        previous: Inbound | None,
+        stream: GnupgStream | None,
+    ) -> Outcome:
+        """Download (hashing, and decrypting into a partial file, as it arrives), archive, record, open."""
+        place = place_of(partner)
+        sealed = parse_sealed_name(name)
+        intake = _Intake(stream)
+        await transport.get(place.documents, name, staged, tee=intake)
+        moment = received_at or self.clock()
+        if intake.complete(staged):
+            digest, size = intake.digest.hexdigest(), intake.size
+        else:  # the download restarted under the tee: hash the file as it landed
+            digest, size = await asyncio.to_thread(sha256_file, staged)
+        previous = previous or self.ledger.inbound(partner.id, sealed.transfer_id)
         if previous is not None:
             staged_path = staged
             if previous.ciphertext_sha256 != digest:
@@ -205,15 +250,19 @@ class Collector(Service):
             archive_path=str(archive),
         )
         log.info("received %s from %s (%d bytes)", name, partner.id, size, extra={"transfer_id": sealed.transfer_id})
-        row = await asyncio.to_thread(self._open, job, partner, row)
+        streamed = await asyncio.to_thread(stream.finish) if stream is not None else None
+        row = await asyncio.to_thread(self._open, job, partner, row, streamed)
         crash_point("after-receipt-recorded")
         await self._finish(row, partner, transport)
         return Outcome(partner.id, name, row.transfer_id, row.state, row.status or "")
 
     # -- steps -------------------------------------------------------------------------------------
 
-    def _open(self, job: CollectJob, partner: Partner, row: Inbound) -> Inbound:
-        """received → accepted | rejected, with the signed receipt stored in the ledger."""
+    def _open(self, job: CollectJob, partner: Partner, row: Inbound, streamed: GnupgRun | None = None) -> Inbound:
+        """received → accepted | rejected, with the signed receipt stored in the ledger.
+
+        ``streamed``: GnuPG already decrypted the message while it downloaded; judged by open_message.
+        """
         sealed = parse_sealed_name(row.remote_name)
         now = self.clock()
         status, detail, plaintext, fingerprint, delivered, engine = "ok", "", None, None, None, None
@@ -221,10 +270,8 @@ class Collector(Service):
             status = "unauthorised-document"
             detail = f"{partner.id} may not send us {row.document_type} (partners.{partner.id}.receive)"
         else:
-            folder = job.deliver_to / row.document_type if job.per_type_folders else job.deliver_to
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{row.transfer_id}.{sealed.original}"
-            limit = (job.max_document_bytes or self.config.limits.max_document_bytes) * MAX_EXPANSION
+            target = self._target(job, row.transfer_id, row.document_type, sealed.original)
+            folder = target.parent
             try:
                 opened = open_message(
                     Path(row.archive_path or ""),
@@ -232,7 +279,8 @@ class Collector(Service):
                     keys=self.keys,
                     sender=load_partner_cert(partner),
                     now=now,
-                    max_output=limit,
+                    max_output=self._max_output(job),
+                    streamed=streamed,
                 )
             except OpenRejected as exc:
                 status, detail = exc.status, str(exc)
@@ -336,6 +384,15 @@ class Collector(Service):
         log.warning("quarantined %r from %s: %s", name, partner.id, detail)
         return Outcome(partner.id, name, None, "quarantined", f"{reason}: {target}")
 
+    def _target(self, job: CollectJob, transfer_id: str, document_type: str, original: str) -> Path:
+        """Where an accepted document is delivered (its folder is made here)."""
+        folder = job.deliver_to / document_type if job.per_type_folders else job.deliver_to
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{transfer_id}.{original}"
+
+    def _max_output(self, job: CollectJob) -> int:
+        return (job.max_document_bytes or self.config.limits.max_document_bytes) * MAX_EXPANSION
+
     def _quarantine_dir(self, partner: Partner) -> Path:
         return self.config.state_dir / "quarantine" / "inbound" / partner.id
 
@@ -343,6 +400,29 @@ class Collector(Service):
         folder = self.config.state_dir / "archive" / partner.id / "received" / rfc3339(moment)[:10]
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name
+
+
+class _Intake:
+    """The download's tee: hashes the ciphertext as it lands and passes it on to GnuPG (if opening early)."""
+
+    def __init__(self, stream: GnupgStream | None) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.restarted = False
+        self._stream = stream
+
+    async def __call__(self, offset: int, data: bytes) -> None:
+        if offset != self.size:
+            self.restarted = True
+        if not self.restarted:
+            self.digest.update(data)
+            self.size += len(data)
+        if self._stream is not None:
+            await self._stream(offset, data)
+
+    def complete(self, staged: Path) -> bool:
+        """Whether the digest covers exactly the file that landed."""
+        return not self.restarted and staged.stat().st_size == self.size
 
 
 def collect_on_upload(

@@ -15,18 +15,23 @@ Contract
 * Errors are :class:`~sftp_pipeline.errors.TransportError`; the subclass says
   whether a retry can help (``TransientTransportError``) or not
   (``PermanentTransportError``, ``HostKeyError``).
+* ``get`` may be given a ``tee``: it sees every downloaded byte once, in file
+  order, as ``(offset, data)`` right after it is written, so a caller can hash or
+  decrypt while the file arrives instead of reading it again. A retried
+  download starts again at offset 0; the tee must notice (offset ≠ bytes seen).
 * A transport is an async context manager; ``close`` is idempotent.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 Progress = Callable[[int], None]  # called with the number of bytes just moved
+Tee = Callable[[int, bytes], Awaitable[None]]  # (offset, data) of a download, in file order; see the contract
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,9 @@ class Transport(abc.ABC):
         """Complete regular files in ``directory`` (temporary names excluded), sorted by name."""
 
     @abc.abstractmethod
-    async def get(self, directory: str, name: str, local: Path, progress: Progress | None = None) -> int:
+    async def get(
+        self, directory: str, name: str, local: Path, progress: Progress | None = None, *, tee: Tee | None = None
+    ) -> int:
         """Download ``directory/name`` to ``local`` (written whole or not at all); return its size."""
 
     @abc.abstractmethod

@@ -20,7 +20,7 @@ from typing import BinaryIO
 from .. import config, errors, names
 from ..faults import crash_point
 from ..fsutil import fsync_dir
-from . import Progress, PutResult, RemoteEntry, SessionInfo, Transport
+from . import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ class LocalTransport(Transport):
             raise self._translate(exc, "list", folder) from exc
         return sorted(found, key=lambda e: e.name)
 
-    async def get(self, directory: str, name: str, local: Path, progress: Progress | None = None) -> int:
+    async def get(
+        self, directory: str, name: str, local: Path, progress: Progress | None = None, *, tee: Tee | None = None
+    ) -> int:
         source = self._file(self._dir(directory), name)
         temp = local.with_name(f"{names.TEMP_PREFIX}{local.name}{names.TEMP_SUFFIX}")
         try:
@@ -105,7 +107,7 @@ class LocalTransport(Transport):
             with os.fdopen(fd, "rb") as src, temp.open("wb") as dst:
                 if not stat_mod.S_ISREG(os.fstat(src.fileno()).st_mode):
                     raise errors.PermanentTransportError(f"partner {self._partner!r}: {source} is not a regular file")
-                size = await _copy(src, dst, progress)
+                size = await _copy(src, dst, progress, tee)
                 crash_point("mid-download")
                 await asyncio.to_thread(os.fsync, dst.fileno())
             os.replace(temp, local)
@@ -194,13 +196,15 @@ def _regular_size(path: Path) -> int | None:
     return info.st_size
 
 
-async def _copy(src: BinaryIO, dst: BinaryIO, progress: Progress | None) -> int:
+async def _copy(src: BinaryIO, dst: BinaryIO, progress: Progress | None, tee: Tee | None = None) -> int:
     total = 0
     while True:
         chunk = await asyncio.to_thread(src.read, CHUNK_SIZE)
         if not chunk:
             return total
         await asyncio.to_thread(dst.write, chunk)
+        if tee is not None:
+            await tee(total, chunk)
         total += len(chunk)
         if progress is not None:
             progress(len(chunk))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .. import config, errors
-from . import Progress, PutResult, RemoteEntry, SessionInfo, Transport
+from . import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,12 @@ class RetryingTransport(Transport):
     async def list(self, directory: str) -> list[RemoteEntry]:
         return await self._run(f"listing of {directory}", lambda t: t.list(directory))
 
-    async def get(self, directory: str, name: str, local: Path, progress: Progress | None = None) -> int:
-        return await self._run(f"download of {directory}/{name}", lambda t: t.get(directory, name, local, progress))
+    async def get(
+        self, directory: str, name: str, local: Path, progress: Progress | None = None, *, tee: Tee | None = None
+    ) -> int:
+        return await self._run(
+            f"download of {directory}/{name}", lambda t: t.get(directory, name, local, progress, tee=tee)
+        )
 
     async def remove(self, directory: str, name: str) -> None:
         await self._run(f"removal of {directory}/{name}", lambda t: t.remove(directory, name))

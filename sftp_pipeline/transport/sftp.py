@@ -28,7 +28,7 @@ import asyncssh
 from .. import config, errors, names, sshalgs
 from ..faults import crash_point
 from ..fsutil import fsync_dir
-from . import Progress, PutResult, RemoteEntry, SessionInfo, Transport
+from . import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
 
 log = logging.getLogger(__name__)
 
@@ -323,12 +323,14 @@ class SftpTransport(Transport):
             found.append(RemoteEntry(name=name, size=entry.attrs.size or 0, mtime=float(entry.attrs.mtime or 0)))
         return sorted(found, key=lambda e: e.name)
 
-    async def get(self, directory: str, name: str, local: Path, progress: Progress | None = None) -> int:
+    async def get(
+        self, directory: str, name: str, local: Path, progress: Progress | None = None, *, tee: Tee | None = None
+    ) -> int:
         remote = self._path(directory, name)
         attrs = await self._op("stat", remote, self._sftp.stat(remote))
         temp = local.with_name(f"{names.TEMP_PREFIX}{local.name}{names.TEMP_SUFFIX}")
         try:
-            await self._transfer("download", remote, lambda h: self._download(remote, temp, h), progress)
+            await self._transfer("download", remote, lambda h: self._download(remote, temp, h, tee), progress)
             size = await asyncio.to_thread(_fsync_size, temp)
             if size != attrs.size:
                 raise errors.TransientTransportError(
@@ -403,10 +405,29 @@ class SftpTransport(Transport):
             str(local), remote, block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS, progress_handler=handler
         )
 
-    async def _download(self, remote: str, local: Path, handler: _ProgressHandler) -> None:
-        await self._sftp.get(
-            remote, str(local), block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS, progress_handler=handler
-        )
+    async def _download(self, remote: str, local: Path, handler: _ProgressHandler, tee: Tee | None) -> None:
+        """Parallel reads (blocks may arrive out of order), written and teed in file order.
+
+        At most ``MAX_REQUESTS`` blocks wait for an earlier one, so memory stays bounded (~8 MiB).
+        """
+        waiting: dict[int, bytes] = {}
+        done = 0
+        async with self._sftp.open(remote, "rb", block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS) as src:
+            with local.open("wb") as dst:
+                async for offset, data in await src.read_parallel():
+                    waiting[offset] = data
+                    while done in waiting:
+                        chunk = waiting.pop(done)
+                        dst.write(chunk)
+                        if tee is not None:
+                            await tee(done, chunk)
+                        done += len(chunk)
+                        handler(remote, local, done, 0)
+        if waiting:
+            raise errors.TransientTransportError(
+                f"partner {self._partner!r}: the download of {remote} from {self._where} has a gap at byte "
+                f"{done}; it will be retried"
+            )
 
     async def _op(self, what: str, path: str, coro: Awaitable[T]) -> T:
         """Run one SFTP request under the stall watchdog, translating its errors."""
