@@ -139,6 +139,9 @@ class Outbound(Service):
                 back = "sealed" if transfer.sealed_at and transfer.sealed_path else "claimed"
                 self.ledger.transition(transfer.id, back, "retry requested", last_error=None)
         work: list[Transfer] = self.ledger.unfinished(partner.id)
+        # Before the drop folders are scanned: a file whose claim committed but whose move a crash cut off is
+        # still there, and the scan would take it again under a new transfer id.
+        await asyncio.to_thread(_finish_moves, [t for t in work if t.state == "claimed"])
         for job in jobs:
             # In a worker thread: the stability check sleeps, and the daemon's loop must keep serving meanwhile.
             work.extend(await asyncio.to_thread(self._intake, job, partner, report))
@@ -248,12 +251,11 @@ class Outbound(Service):
                 # copy) and a later run claims them afresh; these claims are closed so nothing resumes them.
                 error = disk_full(f"claiming {source.name} of send job {job.name}", work_file.parent)
                 self._close_claims([change.transfer_id for change in changes[i:]], error)
-                if claimed:
-                    crash_point("after-claim")
                 return claimed, (source.name, error)
             log.info("claimed %s as %s", source, result.id, extra={"transfer_id": result.id})
             claimed.append(result)
-        if claimed:
+            # After the first move a crash leaves the rest of this batch claimed but still in the drop folder:
+            # the hardest case for recovery (``_recover`` moves them), so that is where the point sits.
             crash_point("after-claim")
         return claimed, None
 
@@ -262,6 +264,15 @@ class Outbound(Service):
         for transfer_id in transfer_ids:
             self.ledger.transition(transfer_id, "failed", "not taken: work area full", last_error=str(error))
             shutil.rmtree(self.work_dir / transfer_id, ignore_errors=True)
+
+
+def _finish_moves(claimed: list[Transfer]) -> None:
+    """Move into its work folder each claimed file still at its drop-folder name (a crash cut the claim)."""
+    for transfer in claimed:
+        work, source = Path(transfer.work_path or ""), Path(transfer.source_path or "")
+        if not work.exists() and (source.exists() or source.is_symlink()):
+            work.parent.mkdir(parents=True, exist_ok=True)
+            move_into(source, work)
 
 
 def _durable_replace(partial: Path, sealed: Path) -> None:

@@ -292,6 +292,7 @@ class SftpTransport(Transport):
         async def write() -> int:
             async with self._sftp.open(temp, "wb") as remote:
                 await remote.write(data, 0)
+                crash_point("mid-upload")  # written to the temporary name, not closed or renamed
                 return (await remote.stat()).size or 0
 
         written = await self._op("upload", temp, write())

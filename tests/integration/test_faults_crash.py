@@ -92,12 +92,19 @@ def test_killed_three_times_at_a_point_then_a_clean_run_delivers_exactly_once(
     aggregator, utility = pair_over_sshd(tmp_path, sshd)
     peer = smtp_peer_factory("starttls")
     with_smtp(aggregator, peer)
+    # Send commits its steps a group at a time (all claims of a batch, the seals that finished together), so
+    # after a kill at a send point every dropped document may be past it; to be killed there again, each run
+    # gets a newly dropped one.
+    late = list(DOCUMENTS.items())[: KILLS - 1] if step == "send" else []
     for name, data in DOCUMENTS.items():
-        aggregator.drop("invoice", name, data)
+        if (name, data) not in late:
+            aggregator.drop("invoice", name, data)
 
     for current in STEPS[: STEPS.index(step)]:  # the steps before, in-process (quicker than the CLI)
         IN_PROCESS[current](aggregator, utility)
-    for _ in range(KILLS):
+    for kill in range(KILLS):
+        if kill > 0 and late:
+            aggregator.drop("invoice", *late[kill - 1])
         code = run_step(step, aggregator, utility, env={"SFTP_PIPELINE_CRASH_AT": point})
         assert code == -signal.SIGKILL, f"{point} was not reached by {step}"
     if point == "mid-email":  # the interrupted mail waits in the outbox
