@@ -18,6 +18,14 @@ from tests.peers.gpg import GnuPG
 pytestmark = pytest.mark.gpg
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """NOW is taken when each test starts, after its keys are made: taken once at import, a long run made
+    every key created later look "created in the future"."""
+    global NOW
+    NOW = datetime.now(UTC)
 GPG_PASSPHRASE = "gpg-made passphrase"
 
 

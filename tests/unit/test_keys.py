@@ -32,6 +32,14 @@ from sftp_pipeline.keys import (
 from sftp_pipeline.openpgp import describe_cert
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """NOW is taken when each test starts, after its keys are made: taken once at import, a long run made
+    every key created later look "created in the future"."""
+    global NOW
+    NOW = datetime.now(UTC)
 SECRET = "correct horse battery staple"
 
 

@@ -24,6 +24,14 @@ from sftp_pipeline.openpgp import (
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """NOW is taken when each test starts, after its keys are made: taken once at import, a long run made
+    every key created later look "created in the future"."""
+    global NOW
+    NOW = datetime.now(UTC)
+
+
 @pytest.fixture(scope="module")
 def us() -> pysequoia.Tsk:
     return pysequoia.Tsk.generate("Us (unit)")

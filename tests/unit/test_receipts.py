@@ -27,6 +27,14 @@ from sftp_pipeline.receipts import (
 
 # A minute ahead of the keys made below (pysequoia stamps them with the real clock), fixed sub-second part.
 NOW = (datetime.now(UTC) + timedelta(minutes=1)).replace(microsecond=123456)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """NOW is taken when each test starts, after its keys are made: taken once at import, a long run made
+    every key created later look "created in the future"."""
+    global NOW
+    NOW = (datetime.now(UTC) + timedelta(minutes=1)).replace(microsecond=123456)
 SENDER, RECEIVER = "aggregator", "utility"
 SHA_A, SHA_B = "a" * 64, "0123456789abcdef" * 4
 
