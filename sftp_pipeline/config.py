@@ -143,6 +143,12 @@ class Partner(_Model):
             fields = key.split()
             if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
                 raise ValueError(f"{key[:40]!r}… is not an OpenSSH public key line (as in id_ed25519.pub)")
+            if fields[0].startswith(("ecdsa-", "sk-ecdsa-")):
+                # Our server no longer accepts NIST-curve signatures (sshalgs.py, ssh-audit's hardened policy).
+                raise ValueError(
+                    f"{fields[0]} key {key[:40]!r}…: NIST-curve (ECDSA) logins are refused by our hardened SSH "
+                    "policy; ask the partner for an Ed25519 key (`ssh-keygen -t ed25519`) or RSA ≥ 3072 bits"
+                )
         return keys
 
 

@@ -66,6 +66,11 @@ def test_job_for_unknown_partner(tmp_path: Path) -> None:
         ('host_keys = ["SHA256:', 'host_keys = ["nonsense', "neither a known_hosts line"),
         ("\nport = 22\n", "\nport = 70000\n", "port"),
         ('id = "aggregator"', 'id = "Bad Id"', "party.id"),
+        (
+            '# ssh_login_keys = ["ssh-ed25519 AAAA... utility"]',
+            'ssh_login_keys = ["ecdsa-sha2-nistp256 AAAAE2VjZHNh utility"]',
+            "NIST-curve .ECDSA. logins are refused.*ssh-keygen -t ed25519",
+        ),
     ],
 )
 def test_values_are_validated(tmp_path: Path, old: str, new: str, message: str) -> None:
