@@ -6,10 +6,14 @@ import errno
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 # Why 1 MiB: hashing and copying at disk speed with a flat memory profile.
 CHUNK = 1024 * 1024
+# Why an hour: a live writer holds its temporary file for milliseconds (a mail, a report); one that old was left
+# by a process killed mid-write, and removing it cannot race a writer still at work.
+STALE_TEMP_SECONDS = 3600.0
 
 
 def sha256_file(path: Path, *, fsync: bool = False) -> tuple[str, int]:
@@ -65,3 +69,23 @@ def move_into(src: Path, dst: Path, *, durable: bool = True) -> None:
     else:
         if durable:
             fsync_dir(dst.parent)
+
+
+def remove_stale_temps(directory: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the ``.<name>….tmp`` files a killed writer left in ``directory`` (older than STALE_TEMP_SECONDS)."""
+    moment = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if moment - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except FileNotFoundError:
+            continue
+    return removed

@@ -47,7 +47,7 @@ from pathlib import Path
 from .config import Smtp
 from .errors import PipelineError
 from .faults import crash_point
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, remove_stale_temps
 from .keys import Passphrase, read_passphrase
 
 log = logging.getLogger(__name__)
@@ -531,6 +531,8 @@ def _settle_refused(
 def flush(queue: MailQueue, smtp: Smtp, *, password: Passphrase | None) -> SendResult:
     """Send every queued message, oldest first; stop at the first server-wide problem (it would repeat)."""
     result = SendResult()
+    for stale in remove_stale_temps(queue.directory):
+        log.info("removed %s, left by a process killed while queueing a mail", stale)
     for path in queue.pending():
         try:
             msg = queue.load(path)

@@ -37,6 +37,7 @@ import pysequoia
 
 from .clock import rfc3339
 from .errors import CryptoError, PipelineError
+from .fsutil import remove_stale_temps
 from .openpgp import Cert, SigningKey
 from .reconcile import EXCEPTIONS, IN_CLASSES, OUT_CLASSES, Line, ReceiptNote, Reconciliation
 
@@ -465,6 +466,7 @@ def verify_report_signature(data_path: Path, sig_path: Path, cert: Cert) -> bool
 def _publish(directory: Path, name: str, data: bytes) -> Path:
     """Write ``data`` to ``directory/name`` atomically, failing if that name exists (never overwrite)."""
     target, tmp = directory / name, None
+    remove_stale_temps(directory)  # left by a run killed mid-write
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
         tmp = Path(tmp_name)

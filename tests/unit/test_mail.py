@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
@@ -12,6 +14,7 @@ import pytest
 
 from sftp_pipeline.config import Secret, Smtp
 from sftp_pipeline.errors import PipelineError
+from sftp_pipeline.fsutil import STALE_TEMP_SECONDS
 from sftp_pipeline.keys import Passphrase
 from sftp_pipeline.mail import (
     ENVELOPE_HEADER,
@@ -25,6 +28,7 @@ from sftp_pipeline.mail import (
     build_message,
     deliver,
     envelope_recipients,
+    flush,
     html_to_text,
     report_mail,
     smtp_password,
@@ -138,3 +142,17 @@ def test_a_keyed_message_queued_again_replaces_the_queued_copy(tmp_path: Path) -
     unkeyed = queue.put(other)
     assert queue.pending() == [path, unkeyed]  # a period's start sorts before the moment it is reported
     assert queue.load(path)["Subject"] == "Report 1, re-made"
+
+
+def test_flush_removes_a_mail_a_killed_process_left_half_written(tmp_path: Path) -> None:
+    queue = MailQueue(tmp_path / "outbox-mail")
+    queue.directory.mkdir()
+    half = queue.directory / ".20261127T010203000000Z-a1b2.eml.c3d4.tmp"
+    half.write_bytes(b"Subject: cut off mid-wri")
+    long_ago = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(half, (long_ago, long_ago))
+
+    result = flush(queue, smtp(), password=None)  # nothing queued: no connection is made
+
+    assert not half.exists()
+    assert result.ok and result.sent == []
