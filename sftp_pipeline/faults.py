@@ -32,6 +32,7 @@ POINTS = frozenset(
         "after-receipt-download",  # a receipt pair is in staging, not yet verified or settled
         "mid-settle",  # the transfer is settled in the ledger, its receipt not yet stored or recorded
         "after-settle",  # the transfer is settled and the receipt stored, the remote pair not yet removed
+        "mid-receipt-remove",  # the pair's .sig removed from the partner's folder, its .json not yet
         # report (reporting.py, mail.py)
         "after-report-written",  # the signed report is on disk, its mail not yet queued
         "after-report-queued",  # the report mail is in the outbox, the period not yet marked reported

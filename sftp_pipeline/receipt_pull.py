@@ -27,6 +27,8 @@ duplicate           valid, the transfer was already settled the same way (a repl
 conflict            valid, but says something else about an already settled transfer    quarantined, removed
 premature           valid, but the transfer is not uploaded yet in our ledger            left in place
 waiting             a ``.json`` without its ``.sig`` (still uploading)                   left in place
+leftover            a lone ``.json`` identical to a receipt already recorded (a run      removed
+                    stopped between removing a pair's ``.sig`` and its ``.json``)
 stray               a name that is not part of a receipt pair                            left in place
 error               the partner could not be reached, a file could not be moved          left in place
 ==================  ===================================================================  ==============
@@ -281,8 +283,8 @@ class _PartnerPull:
             return
         try:
             listing = classify_listing(await transport.list(self.directory))
-            self._report_unpaired(listing)
             shutil.rmtree(self.staging, ignore_errors=True)  # leftovers of a crashed run: the remote still has them
+            await self._report_unpaired(transport, listing)
             for pair in listing.pairs:
                 await self._one(transport, pair, cert)
         except (TransportError, LedgerError, OSError) as exc:
@@ -296,12 +298,22 @@ class _PartnerPull:
         check_cert(cert, purpose="verify", now=self.p.clock(), label=f"partner {self.partner.id!r} receipts")
         return cert
 
-    def _report_unpaired(self, listing: Listing) -> None:
+    async def _report_unpaired(self, transport: Transport, listing: Listing) -> None:
         for entry in listing.waiting:
             tid = entry.name[: -len(RECEIPT_SUFFIX)]
             seen = [r for r in self.p.ledger.receipts_for(self.partner.id, tid) if r["name"] == entry.name]
+            if seen and await self._is_our_leftover(transport, entry.name, seen):
+                await transport.remove(self.directory, entry.name)
+                self._outcome(
+                    entry.name,
+                    tid,
+                    "leftover",
+                    f"the .json of a receipt recorded before, whose .sig was removed by a run stopped before "
+                    f"the .json: the same bytes, removed from {self.directory}",
+                )
+                continue
             detail = (
-                f"a receipt for {tid} was already processed; this .json without a .sig is a leftover"
+                f"a receipt for {tid} was already processed; this .json without a .sig differs from it"
                 if seen
                 else f"no {entry.name}{SIGNATURE_SUFFIX} yet (still uploading); left in place"
             )
@@ -411,10 +423,23 @@ class _PartnerPull:
                 files[name] = fh.read(MAX_RECEIPT_BYTES + 1)
         return files
 
+    async def _is_our_leftover(self, transport: Transport, name: str, recorded: list[dict[str, Any]]) -> bool:
+        """Whether the lone ``name`` holds exactly the bytes of a receipt of that name we already recorded."""
+        local = self.staging / "leftover" / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await transport.get(self.directory, name, local)
+            with local.open("rb") as fh:
+                data = fh.read(MAX_RECEIPT_BYTES + 1)
+        finally:
+            local.unlink(missing_ok=True)
+        return any(r["receipt_json"] == data for r in recorded)
+
     async def _remove(self, transport: Transport, pair: Pair) -> None:
         # The .sig first: a pair cut in half by a crash is then "still uploading", never a receipt seen twice.
         for name in reversed(pair.names):
             await transport.remove(self.directory, name)
+            crash_point("mid-receipt-remove")
 
     def _store(self, files: dict[str, bytes]) -> Path:
         """Keep a valid receipt under receipts/<partner>/; the first copy of a name wins. Returns the .json path."""

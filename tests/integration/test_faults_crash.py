@@ -42,6 +42,7 @@ POINTS = [
     ("after-receipt-download", "aggregator", "receipts"),
     ("mid-settle", "aggregator", "receipts"),
     ("after-settle", "aggregator", "receipts"),
+    ("mid-receipt-remove", "aggregator", "receipts"),
     ("after-report-written", "aggregator", "report"),
     ("after-report-queued", "aggregator", "report"),
     ("mid-email", "aggregator", "report"),

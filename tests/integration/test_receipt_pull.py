@@ -349,6 +349,25 @@ def test_a_json_without_its_sig_is_left_until_the_sig_arrives(world: World) -> N
     assert world.pull().count("receipted") == 1
 
 
+def test_the_json_a_stopped_removal_left_behind_is_cleared_only_when_it_is_the_recorded_one(world: World) -> None:
+    (transfer,) = world.send("INV-L.xml")
+    files = world.receipt(transfer)
+    json_name, _ = receipt_file_names(transfer.id)
+    world.place(files)
+    assert world.pull().count("receipted") == 1
+
+    world.place({json_name: files[json_name] + b" "})  # not what we recorded: someone else's, left alone
+    assert [o.verdict for o in world.pull().outcomes] == ["waiting"]
+    assert world.left() == [json_name]
+
+    world.place({json_name: files[json_name]})  # exactly the recorded bytes: our own half-removed pair
+    report = world.pull()
+
+    assert [o.verdict for o in report.outcomes] == ["leftover"] and report.ok
+    assert world.left() == []
+    assert world.transfer(transfer.id).state == "receipted"
+
+
 # ------------------------------------------------------------------------------------ peers and faults
 
 
