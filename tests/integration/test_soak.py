@@ -30,7 +30,7 @@ from tests.peers.parties import CLI_TIMEOUT, Party
 from tests.peers.sshd import Sshd
 
 # Why these: the short form must stay within about a minute of CI time on two shared cores.
-SHORT_DOCS, SHORT_KILLS = 60, 20
+SHORT_DOCS, SHORT_KILLS = 40, 12
 # The full form.
 FULL_DOCS, FULL_KILLS = 1000, 200
 # Why 0.3–3.0 s: a CLI run spends ~1 s starting up, then works; kills land in start-up, mid-step and idle.
