@@ -422,25 +422,22 @@ def _judge_gnupg(
     return algos, name
 
 
+def gnupg_decrypt_command(base: list[str], *, status_fd: int, max_output: int, output: str, source: str) -> list[str]:
+    """The one GnuPG decrypt command line (``output``/``source`` may be ``-``): status lines on ``status_fd``,
+    no key fetching, plaintext capped at ``max_output``; the verdict comes from the status lines only."""
+    return [
+        *base,
+        *("--status-fd", str(status_fd), "--trust-model", "always", "--no-auto-key-retrieve"),
+        *("--max-output", str(max_output), "--output", output, "--decrypt", source),
+    ]
+
+
 def _open_gnupg(
     src: Path, part: Path, keys: OurKeys, sender: Cert, now: datetime, max_output: int, gpg: str
 ) -> tuple[str, str | None]:
     with _gnupg_home(gpg, keys, sender) as (_home, base):
         status_r, status_w = os.pipe()
-        cmd = [
-            *base,
-            "--status-fd",
-            str(status_w),
-            "--trust-model",
-            "always",
-            "--no-auto-key-retrieve",
-            "--max-output",
-            str(max_output),
-            "--output",
-            str(part),
-            "--decrypt",
-            str(src),
-        ]
+        cmd = gnupg_decrypt_command(base, status_fd=status_w, max_output=max_output, output=str(part), source=str(src))
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=GPG_OPEN_TIMEOUT, pass_fds=(status_w,), check=False)
         except subprocess.TimeoutExpired as exc:

@@ -37,6 +37,7 @@ from .openpgp_open import (
     GnupgRun,
     _gnupg_home,
     _GnuPGCannot,
+    gnupg_decrypt_command,
 )
 
 log = logging.getLogger(__name__)
@@ -141,19 +142,7 @@ class GnupgStream:
             return False
         self.part.unlink(missing_ok=True)
         status_r, status_w = os.pipe()
-        cmd = [
-            *base,
-            "--status-fd",
-            str(status_w),
-            "--trust-model",
-            "always",
-            "--no-auto-key-retrieve",
-            "--max-output",
-            str(self._max_output),
-            "--output",
-            "-",
-            "--decrypt",
-        ]
+        cmd = gnupg_decrypt_command(base, status_fd=status_w, max_output=self._max_output, output="-", source="-")
         try:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(status_w,)
