@@ -31,7 +31,10 @@ CONFIRMATION = b"<TransactionConfirmation id='TC-9'/>\n" * 40
 PLACEHOLDER = "ssh-ed25519 AAAAPLACEHOLDER"
 
 
-def utility_party(base: Path, *, server_port: int | None = None) -> Party:
+def utility_party(
+    base: Path, *, server_port: int | None = None, jobs: dict[str, dict[str, object]] | None = None
+) -> Party:
+    """The utility (its partner's cert and login key filled in later); by default one collect job."""
     return make_party(
         base / "utility",
         "utility",
@@ -39,7 +42,7 @@ def utility_party(base: Path, *, server_port: int | None = None) -> Party:
         partner_cert=b"",
         server_port=server_port,
         login_keys=[PLACEHOLDER],
-        jobs={"from-aggregator": {"kind": "collect", "deliver_to": "../delivered"}},
+        jobs=jobs or {"from-aggregator": {"kind": "collect", "deliver_to": "../delivered"}},
     )
 
 

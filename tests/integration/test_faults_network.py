@@ -40,12 +40,12 @@ from sftp_pipeline.receipts import receipt_file_names
 from sftp_pipeline.runtime import LEDGER_NAME
 from sftp_pipeline.server import EmbeddedServer
 from sftp_pipeline.transport.sftp import SftpTransport
+from tests.integration.test_exchange import PLACEHOLDER, utility_party
 from tests.peers.parties import Party, make_party
 from tests.peers.sshd import ClientKey, Sshd, free_port
 from tests.peers.tcpproxy import PASS, RandomCuts, TcpProxy, stall, throttle
 
 SEED = int(os.environ.get("FAULT_SEED", str(random.SystemRandom().randrange(1 << 32))))
-PLACEHOLDER = "ssh-ed25519 AAAAPLACEHOLDER"
 MiB = 1024 * 1024
 # Why 27 per server: with the collect test this injects well over the 50 cuts the issue asks for in a
 # default (CI) run, at ~15-25 s per server on a loaded 2-core machine.
@@ -117,15 +117,7 @@ def sender(
 
 
 def utility(base: Path, *, server_port: int | None = None) -> Party:
-    return make_party(
-        base / "utility",
-        "utility",
-        partner_id="aggregator",
-        partner_cert=b"",
-        server_port=server_port,
-        login_keys=[PLACEHOLDER],
-        jobs={"to-aggregator": {"document_type": "invoice"}},
-    )
+    return utility_party(base, server_port=server_port, jobs={"to-aggregator": {"document_type": "invoice"}})
 
 
 def introduce(aggregator: Party, util: Party) -> None:
