@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.config import SendJob
-from sftp_pipeline.keys import generate_keys
 from sftp_pipeline.names import parse_sealed_name
 from sftp_pipeline.outbound import Outbound, SendReport
 from sftp_pipeline.runtime import open_runtime
@@ -55,15 +54,6 @@ for i in range(count):
 with open(out, "w") as fh:
     json.dump(done, fh)
 """
-
-
-@pytest.fixture(scope="module")
-def partner_cert(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    keys = generate_keys(
-        tmp_path_factory.mktemp("aggregator-keys"), party_id="aggregator", party_name="Aggregator", pq=False,
-        passphrase=None,
-    )
-    return keys.openpgp_cert.read_bytes()
 
 
 def percentile(values: list[float], fraction: float) -> float:

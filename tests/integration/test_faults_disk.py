@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.keys import generate_keys
 from sftp_pipeline.outbound import Outbound, SendReport
 from sftp_pipeline.runtime import open_runtime
 from sftp_pipeline.server import EmbeddedServer
@@ -29,15 +28,6 @@ SMALL_FS = 1024 * KIB
 DOCUMENT = 640 * KIB
 ROOMY_FS = 8 * 1024 * KIB
 PLACEHOLDER = "ssh-ed25519 AAAAPLACEHOLDER"
-
-
-@pytest.fixture(scope="module")
-def aggregator_cert(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    keys = generate_keys(
-        tmp_path_factory.mktemp("aggregator-keys"), party_id="aggregator", party_name="Aggregator", pq=False,
-        passphrase=None,
-    )
-    return keys.openpgp_cert.read_bytes()
 
 
 def visible(directory: Path) -> list[str]:
@@ -65,9 +55,9 @@ def hosting_utility(tmp_path: Path, cert: bytes) -> Party:
 
 
 def test_a_full_work_area_while_sealing_keeps_the_document_and_sends_it_once_later(
-    tmp_path: Path, aggregator_cert: bytes, small_tmpfs: MountTmpfs
+    tmp_path: Path, partner_cert: bytes, small_tmpfs: MountTmpfs
 ) -> None:
-    utility = hosting_utility(tmp_path, aggregator_cert)
+    utility = hosting_utility(tmp_path, partner_cert)
     config = utility.config()
     work = config.state_dir / "work"
     fs = small_tmpfs(work, SMALL_FS)
@@ -99,9 +89,9 @@ def test_a_full_work_area_while_sealing_keeps_the_document_and_sends_it_once_lat
 
 
 def test_a_work_area_too_small_for_the_claim_leaves_the_document_in_the_drop_folder(
-    tmp_path: Path, aggregator_cert: bytes, small_tmpfs: MountTmpfs
+    tmp_path: Path, partner_cert: bytes, small_tmpfs: MountTmpfs
 ) -> None:
-    utility = hosting_utility(tmp_path, aggregator_cert)
+    utility = hosting_utility(tmp_path, partner_cert)
     config = utility.config()
     work = config.state_dir / "work"
     fs = small_tmpfs(work, SMALL_FS // 4)  # smaller than the document: copying it in (another disk) fails

@@ -15,7 +15,6 @@ import pytest
 
 from sftp_pipeline.config import Config, SendJob
 from sftp_pipeline.errors import ConfigError
-from sftp_pipeline.keys import generate_keys
 from sftp_pipeline.ledger import Transfer
 from sftp_pipeline.names import parse_sealed_name
 from sftp_pipeline.outbound import Outbound, SendReport
@@ -28,15 +27,6 @@ RESCAN = 0.5
 BURST = 2_000
 # Why 300: enough files that one run per file would show, small enough for the default (not slow) test run.
 SMALL_BURST = 300
-
-
-@pytest.fixture(scope="module")
-def partner_cert(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    keys = generate_keys(
-        tmp_path_factory.mktemp("aggregator-keys"), party_id="aggregator", party_name="Aggregator", pq=False,
-        passphrase=None,
-    )
-    return keys.openpgp_cert.read_bytes()
 
 
 def utility(tmp_path: Path, cert: bytes, **job: object) -> Party:
