@@ -10,7 +10,6 @@ name already complete records it instead of sending again.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import shutil
@@ -236,7 +235,7 @@ class Outbound(Service):
                 # No fsync of the work folder here: if a power cut loses this rename, the file is still in the
                 # drop folder and the durable claim makes ``prepare`` move it again; ``prepare`` fsyncs this
                 # same folder before it commits "sealed", so nothing after the claim relies on the rename alone.
-                _rename(source, work_file, durable=False)
+                move_into(source, work_file, durable=False)
             except FileNotFoundError:
                 # Another worker took it between our scan and our claim: not ours, nothing to do.
                 self.ledger.transition(
@@ -282,20 +281,6 @@ def _durable_replace(partial: Path, sealed: Path) -> None:
         os.fsync(fh.fileno())
     os.replace(partial, sealed)
     fsync_dir(sealed.parent)
-
-
-def _rename(src: Path, dst: Path, *, durable: bool) -> None:
-    """Move ``src`` to ``dst``: one rename on the same filesystem (fsynced only when ``durable``), else
-    :func:`move_into`'s copy-fsync-rename across filesystems."""
-    try:
-        os.rename(src, dst)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        move_into(src, dst)
-        return
-    if durable:
-        fsync_dir(dst.parent)
 
 
 class _PartnerRun:
@@ -495,7 +480,7 @@ class _PartnerRun:
             target_dir.mkdir(parents=True, exist_ok=True)
             for src, dst in ((Path(transfer.work_path or ""), original), (Path(transfer.sealed_path or ""), sealed)):
                 if src.exists():
-                    _rename(src, dst, durable=False)
+                    move_into(src, dst, durable=False)
             fsync_dir(target_dir)  # both renames at once, before archived_at is committed
             shutil.rmtree(Path(transfer.work_path or "").parent, ignore_errors=True)
 
