@@ -20,6 +20,7 @@ below.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,9 @@ MIN_RSA_BITS = 3072
 HASH_CHUNK_BYTES = 1024 * 1024
 # Why 64 KiB: session-key packets for a handful of recipients (even ML-KEM ones, ~1.6 KB each) fit easily.
 HEADER_PEEK_BYTES = 64 * 1024
+# Why 1 MiB: below it a document is read, sealed and written in one go (at most a few MiB in memory with the
+# documents in flight); above it Sequoia streams file to file so memory stays flat however large it is.
+IN_MEMORY_SEAL_BYTES = 1024 * 1024
 # OpenPGP symmetric algorithm id 9 is AES-256 (RFC 9580 §9.3); the only cipher we seal with.
 AES256_ID = 9
 CIPHER_NAMES = {
@@ -447,10 +451,9 @@ def _packets(data: bytes) -> Iterator[tuple[int, bytes]]:
         pos += hlen + length
 
 
-def _encryption_layer(dst: Path) -> tuple[int, int | None, int | None]:
-    """(SEIPD version, cipher id or None when hidden in the session key (v1), AEAD id or None)."""
-    with dst.open("rb") as fh:
-        head = fh.read(HEADER_PEEK_BYTES)
+def _encryption_layer(head: bytes) -> tuple[int, int | None, int | None]:
+    """(SEIPD version, cipher id or None when hidden in the session key (v1), AEAD id or None) of a sealed
+    message, from its first bytes (:data:`HEADER_PEEK_BYTES` are plenty)."""
     for tag, body in _packets(head):
         if tag in (1, 3):  # PKESK / SKESK come first
             continue
@@ -460,6 +463,58 @@ def _encryption_layer(dst: Path) -> tuple[int, int | None, int | None]:
             return body[0], None, None
         raise CryptoError(f"sealed output has packet tag {tag} where encrypted data was expected")
     raise CryptoError("sealed output has no encrypted data packet")
+
+
+class _Unreadable(Exception):
+    """The document itself could not be read (its ``__cause__`` says why): nothing was written."""
+
+
+def _size(src: Path) -> int:
+    try:
+        return src.stat().st_size
+    except OSError as exc:
+        raise _Unreadable() from exc
+
+
+# (plaintext SHA-256, plaintext size, ciphertext SHA-256, ciphertext size, the ciphertext's first bytes)
+_Sealed = tuple[str, int, str, int, bytes]
+
+
+def _seal_in_memory(src: Path, dst: Path, signer: SigningKey, recipients: Sequence[Cert], *, fsync: bool) -> _Sealed:
+    """A small document: one read, sealed in memory, one write. Sequoia's file API costs about 0.6 ms more per
+    call than its in-memory one (measured: 0.95 vs 0.36 ms for 4 KiB), which is most of a small document's seal."""
+    try:
+        plaintext = src.read_bytes()
+    except OSError as exc:
+        raise _Unreadable() from exc
+    sealed = pysequoia.encrypt(recipients=list(recipients), bytes=plaintext, signer=signer.handle, armor=False)
+    with dst.open("wb") as fh:
+        fh.write(sealed)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    return (
+        hashlib.sha256(plaintext).hexdigest(),
+        len(plaintext),
+        hashlib.sha256(sealed).hexdigest(),
+        len(sealed),
+        sealed[:HEADER_PEEK_BYTES],
+    )
+
+
+def _seal_streaming(src: Path, dst: Path, signer: SigningKey, recipients: Sequence[Cert], *, fsync: bool) -> _Sealed:
+    """A large document: Sequoia streams file to file in constant memory; both files are hashed in chunks."""
+    try:
+        plaintext_sha256, plaintext_size = sha256_file(src)
+    except OSError as exc:
+        raise _Unreadable() from exc
+    pysequoia.encrypt_file(
+        os.fspath(src), os.fspath(dst), recipients=list(recipients), signer=signer.handle, armor=False
+    )
+    with dst.open("rb") as fh:
+        head = fh.read(HEADER_PEEK_BYTES)
+    ciphertext_sha256, ciphertext_size = sha256_file(dst, fsync=fsync)
+    return plaintext_sha256, plaintext_size, ciphertext_sha256, ciphertext_size, head
 
 
 # The policy verdicts on the recipients and on our signing key (see :func:`check_seal_keys`).
@@ -500,20 +555,24 @@ def seal(
         raise CryptoError(f"sealing {src}: no recipients given")
     infos, signer_info = checked or check_seal_keys(signer, recipients, now=now, recipient_labels=recipient_labels)
     try:
-        plaintext_sha256, plaintext_size = sha256_file(src)
-    except OSError as exc:
-        raise CryptoError(f"sealing {src}: cannot read the document: {exc.strerror}") from exc
-    try:
-        pysequoia.encrypt_file(
-            os.fspath(src), os.fspath(dst), recipients=list(recipients), signer=signer.handle, armor=False
-        )
-        seipd, cipher_id, aead_id = _encryption_layer(dst)
+        if _size(src) <= IN_MEMORY_SEAL_BYTES:
+            plaintext_sha256, plaintext_size, ciphertext_sha256, ciphertext_size, head = _seal_in_memory(
+                src, dst, signer, recipients, fsync=fsync
+            )
+        else:
+            plaintext_sha256, plaintext_size, ciphertext_sha256, ciphertext_size, head = _seal_streaming(
+                src, dst, signer, recipients, fsync=fsync
+            )
+        seipd, cipher_id, aead_id = _encryption_layer(head)
         if cipher_id is not None and cipher_id != AES256_ID:
             raise CryptoError(
                 f"sealing {src}: Sequoia chose cipher {CIPHER_NAMES.get(cipher_id, cipher_id)} instead of AES-256; "
                 "refusing to send it (report this: the pysequoia default changed)"
             )
-        ciphertext_sha256, ciphertext_size = sha256_file(dst, fsync=fsync)
+    except _Unreadable as exc:
+        cause = exc.__cause__
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        raise CryptoError(f"sealing {src}: cannot read the document: {why}") from cause
     except CryptoError:
         dst.unlink(missing_ok=True)
         raise

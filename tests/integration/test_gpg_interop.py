@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ import pysequoia
 import pytest
 
 from sftp_pipeline import errors
-from sftp_pipeline.openpgp import SigningKey, check_cert, describe_cert, seal
+from sftp_pipeline.openpgp import IN_MEMORY_SEAL_BYTES, SigningKey, check_cert, describe_cert, seal
 from tests.peers.gpg import GnuPG
 
 pytestmark = pytest.mark.gpg
@@ -63,6 +64,38 @@ def test_sealed_to_gnupg_key_is_read_by_gnupg(gpg: GnuPG, ours, document: Path, 
     assert result.post_quantum is False
     assert result.ciphertext_size == (tmp_path / "out.pgp").stat().st_size
     assert "ctb" in gpg.list_packets(tmp_path / "out.pgp")
+
+
+@pytest.mark.parametrize("size", [IN_MEMORY_SEAL_BYTES, IN_MEMORY_SEAL_BYTES + 1], ids=["in-memory", "streamed"])
+def test_both_seal_paths_are_read_by_gnupg_and_hashed_right(gpg: GnuPG, ours, tmp_path: Path, size: int) -> None:
+    """Small documents are sealed in memory, larger ones streamed file to file: the same message either way."""
+    _, signer = ours
+    fpr = gpg.generate()
+    gpg.import_key(str(signer.cert).encode())
+    partner = pysequoia.Cert.from_bytes(gpg.export(fpr))
+    document = tmp_path / "aggregation.csv"
+    document.write_bytes(os.urandom(size))
+    sealed = tmp_path / "out.pgp"
+
+    info = seal(document, sealed, signer=signer, recipients=[partner], now=_now())
+
+    _assert_gnupg_accepts(gpg, sealed, document, signer.cert.fingerprint.lower())
+    assert (info.plaintext_sha256, info.plaintext_size) == (hashlib.sha256(document.read_bytes()).hexdigest(), size)
+    assert (info.ciphertext_sha256, info.ciphertext_size) == (
+        hashlib.sha256(sealed.read_bytes()).hexdigest(),
+        sealed.stat().st_size,
+    )
+    assert info.seipd_version == 1 and "AES-256" in info.algorithms
+
+
+def test_unreadable_document_is_named_and_nothing_is_written(ours, tmp_path: Path) -> None:
+    _, signer = ours
+    partner = pysequoia.Tsk.generate("Utility").extract_certificate()
+    missing, sealed = tmp_path / "gone.xml", tmp_path / "out.pgp"
+
+    with pytest.raises(errors.CryptoError, match=r"gone\.xml: cannot read the document: No such file"):
+        seal(missing, sealed, signer=signer, recipients=[partner], now=_now())
+    assert not sealed.exists()
 
 
 def test_aes256_even_when_partner_prefers_aes128(gpg: GnuPG, ours, document: Path, tmp_path: Path) -> None:
