@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,9 @@ keys_app = typer.Typer(help="Our OpenPGP and SSH keys, and our partners'.", no_a
 app.add_typer(keys_app, name="keys")
 audit_app = typer.Typer(help="The hash-chained audit log of every state change.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+
+# Why 40: a screenful; a run with more documents prints the ones that need a look and counts the rest.
+OUTCOME_ROWS = 40
 
 console = Console()
 err_console = Console(stderr=True)
@@ -126,13 +130,9 @@ def send(
             )
             report = asyncio.run(outbound.run(selected, dry_run=dry_run, retry_failed=retry_failed))
     table = Table("job", "file", "transfer", "result", "detail", title="send")
-    for o in report.outcomes:
-        style = {"failed": "red", "pending": "yellow", "quarantined": "magenta", "uploaded": "green"}.get(o.state, "")
-        table.add_row(o.job, o.name, o.transfer_id or "", f"[{style}]{o.state}[/]" if style else o.state, o.detail)
-    if report.outcomes:
-        console.print(table)
-    else:
-        console.print("nothing to send")
+    rows = [(o.state, [o.job, o.name, o.transfer_id or "", o.state, o.detail]) for o in report.outcomes]
+    styles = {"failed": "red", "pending": "yellow", "quarantined": "magenta", "uploaded": "green"}
+    _print_outcomes(table, rows, styles, fine="uploaded", result_column=3, empty="nothing to send")
     summary = ", ".join(
         f"{report.count(s)} {s}"
         for s in ("uploaded", "duplicate", "quarantined", "pending", "failed", "waiting", "would-send")
@@ -142,6 +142,37 @@ def send(
         console.print(summary)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_outcomes(
+    table: Table,
+    rows: list[tuple[str, list[str]]],
+    styles: dict[str, str],
+    *,
+    fine: str,
+    result_column: int,
+    empty: str,
+) -> None:
+    """A run's per-document table: every row up to :data:`OUTCOME_ROWS`; beyond that the rows that need a look
+    first (anything not ``fine``), then a count of the rest. A night of 20,000 invoices must not print 20,000 rows
+    (which takes Rich longer than sending them); ``status`` and the report list every one."""
+    if not rows:
+        console.print(empty)
+        return
+    shown = rows if len(rows) <= OUTCOME_ROWS else sorted(rows, key=lambda r: r[0] == fine)[:OUTCOME_ROWS]
+    for result, cells in shown:
+        style = styles.get(result)
+        if style:
+            cells = [*cells[:result_column], f"[{style}]{result}[/]", *cells[result_column + 1 :]]
+        table.add_row(*cells)
+    console.print(table)
+    if len(rows) > len(shown):
+        rest = Counter(r for r, _ in rows) - Counter(r for r, _ in shown)
+        console.print(
+            f"… and {len(rows) - len(shown)} more ({', '.join(f'{n} {r}' for r, n in sorted(rest.items()))}) — "
+            f"`sftp-pipeline status --limit {len(rows)}` lists them all",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -158,14 +189,9 @@ def collect(
         collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
         report = asyncio.run(collector.run(selected))
     table = Table("partner", "file", "transfer", "result", "detail", title="collect")
-    for o in report.outcomes:
-        style = {"rejected": "red", "pending": "yellow", "quarantined": "magenta", "accepted": "green"}.get(
-            o.result, ""
-        )
-        table.add_row(
-            o.partner, o.name, o.transfer_id or "", f"[{style}]{o.result}[/]" if style else o.result, o.detail
-        )
-    console.print(table if report.outcomes else "nothing to collect")
+    rows = [(o.result, [o.partner, o.name, o.transfer_id or "", o.result, o.detail]) for o in report.outcomes]
+    styles = {"rejected": "red", "pending": "yellow", "quarantined": "magenta", "accepted": "green"}
+    _print_outcomes(table, rows, styles, fine="accepted", result_column=3, empty="nothing to collect")
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
@@ -184,9 +210,8 @@ def receipts(
         puller = ReceiptPuller(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
         report = asyncio.run(puller.run(selected))
     table = Table("partner", "receipt", "transfer", "verdict", "detail", title="receipts")
-    for o in report.outcomes:
-        table.add_row(o.partner, o.name, o.transfer_id or "", o.verdict, o.detail)
-    console.print(table if report.outcomes else "no receipts waiting")
+    rows = [(o.verdict, [o.partner, o.name, o.transfer_id or "", o.verdict, o.detail]) for o in report.outcomes]
+    _print_outcomes(table, rows, {}, fine="receipted", result_column=3, empty="no receipts waiting")
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
