@@ -1,4 +1,5 @@
-"""Group commit: the ledger changes of many documents in flight, committed together in one transaction.
+"""Group commit: the ledger changes of many documents in flight, committed together in one transaction;
+and group fsync: their small file steps, run together in one worker-thread call (:class:`GroupSync`).
 
 Each document's step still waits for its own change to be committed before it moves on (so a state is
 recorded before the next step acts on it, exactly as with one commit per change), but while one commit
@@ -10,8 +11,12 @@ uploads meanwhile. Each change keeps its own events and audit rows, in order (:m
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import NamedTuple
 
 from .errors import LedgerError
+from .fsutil import fsync_dir
 from .ledger import Change, Ledger, Transfer
 
 
@@ -62,3 +67,86 @@ class GroupCommitter:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+
+class GroupSync:
+    """Group fsync: the small blocking file steps of many documents in flight (an fsync and a rename, a move
+    into the archive) run together in ONE worker-thread call, and each folder is fsynced once per batch however
+    many documents touched it.
+
+    The same idea as :class:`GroupCommitter`, for the file system: each document still waits until its own step
+    and the fsync of its folders are done before it moves on (so a file is durable before the ledger says so),
+    but a thousand small documents cost a few dozen thread hand-overs instead of a few thousand — each hand-over
+    is a GIL round trip that stalls the event loop driving the uploads — and the archive folder is fsynced once
+    per batch instead of once per document.
+    """
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[_Step, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def run(
+        self, work: Callable[[], None], *, sync: Iterable[Path] = (), then: Callable[[], None] | None = None
+    ) -> None:
+        """Run ``work``, then fsync the folders in ``sync``, then ``then`` (a clean-up that must follow the
+        fsync); raise what failed. Runs in a worker thread with the other documents' steps queued meanwhile."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((_Step(work, tuple(sync), then), future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                errors = await asyncio.to_thread(_run_steps, [step for step, _ in batch])
+            except BaseException as exc:  # cancelled: none of these is known to be durable
+                for _, future in batch:
+                    if not future.done():
+                        future.cancel()
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), error in zip(batch, errors, strict=True):
+                if future.done():
+                    continue
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+
+class _Step(NamedTuple):
+    work: Callable[[], None]
+    sync: tuple[Path, ...]
+    then: Callable[[], None] | None
+
+
+def _run_steps(steps: list[_Step]) -> list[Exception | None]:
+    """Each step's work, then one fsync per folder, then the clean-ups; each step's first failure, in order."""
+    errors: list[Exception | None] = []
+    for step in steps:
+        try:
+            step.work()
+        except Exception as exc:  # one document's failure is that document's, not the batch's
+            errors.append(exc)
+        else:
+            errors.append(None)
+    folders = dict.fromkeys(d for step, error in zip(steps, errors, strict=True) if error is None for d in step.sync)
+    failed: dict[Path, OSError] = {}
+    for folder in folders:
+        try:
+            fsync_dir(folder)
+        except OSError as exc:
+            failed[folder] = exc
+    for i, step in enumerate(steps):
+        if errors[i] is not None:
+            continue
+        errors[i] = next((failed[d] for d in step.sync if d in failed), None)
+        if errors[i] is None and step.then is not None:
+            try:
+                step.then()
+            except Exception as exc:
+                errors[i] = exc
+    return errors

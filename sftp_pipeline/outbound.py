@@ -36,7 +36,7 @@ from .errors import (
 )
 from .faults import crash_point
 from .fsutil import fsync_dir, move_into, sha256_file
-from .groupcommit import GroupCommitter
+from .groupcommit import GroupCommitter, GroupSync
 from .keys import OurKeys, load_partner_cert
 from .ledger import Change, DuplicateContent, Ledger, Transfer
 from .names import new_transfer_id, sealed_name
@@ -274,12 +274,17 @@ def _finish_moves(claimed: list[Transfer]) -> None:
             move_into(source, work)
 
 
-def _durable_replace(partial: Path, sealed: Path) -> None:
-    """fsync the sealed file, rename it into place and fsync its folder (which also makes the claim's move
-    durable) — all before "sealed" is committed."""
+def _fsync_replace(partial: Path, sealed: Path) -> None:
+    """fsync the sealed file and rename it into place (its folder is fsynced by the caller)."""
     with partial.open("rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(partial, sealed)
+
+
+def _durable_replace(partial: Path, sealed: Path) -> None:
+    """fsync the sealed file, rename it into place and fsync its folder (which also makes the claim's move
+    durable) — all before "sealed" is committed."""
+    _fsync_replace(partial, sealed)
     fsync_dir(sealed.parent)
 
 
@@ -298,6 +303,7 @@ class _PartnerRun:
         self.recipients = recipients
         self.report = report
         self.commit = GroupCommitter(outbound.ledger)
+        self.sync = GroupSync()
         self.documents = asyncio.Semaphore(DOCUMENTS_IN_FLIGHT)
         slots = partner.sftp.files_in_flight if partner.sftp else os.cpu_count() or 2
         self.in_flight = asyncio.Semaphore(slots)
@@ -366,7 +372,8 @@ class _PartnerRun:
 
     async def prepare(self, transfer: Transfer) -> Transfer:
         """claimed → sealed (or duplicate): finish the claim if a crash interrupted it, hash, check, seal."""
-        work = await asyncio.to_thread(self._recover, transfer)
+        claimed = self._claimed_copy(transfer)
+        work = claimed if claimed is not None else await asyncio.to_thread(self._recover, transfer)
         # pysequoia holds the GIL while it works: a seal in a worker thread stalls the event loop's every socket
         # call for up to the interpreter's switch interval, so small documents are hashed and sealed right here.
         inline = work.stat().st_size <= INLINE_SEAL_BYTES
@@ -385,7 +392,10 @@ class _PartnerRun:
             info = seal(*args, **kwargs) if inline else await asyncio.to_thread(seal, *args, **kwargs)  # type: ignore[arg-type]
         except DiskFullError as exc:  # name the document, not its claimed copy
             raise disk_full(f"sealing {transfer.source_name} ({transfer.id})", partial.parent) from exc
-        await asyncio.to_thread(_durable_replace, partial, sealed)
+        if inline:  # with the other small documents' in one thread hand-over, their folder fsyncs at once
+            await self.sync.run(lambda: _fsync_replace(partial, sealed), sync=[sealed.parent])
+        else:
+            await asyncio.to_thread(_durable_replace, partial, sealed)
         transfer = await self.commit.transition(
             transfer.id,
             "sealed",
@@ -398,6 +408,12 @@ class _PartnerRun:
         )
         crash_point("after-seal")
         return transfer
+
+    @staticmethod
+    def _claimed_copy(transfer: Transfer) -> Path | None:
+        """The claimed copy when the claim finished (the usual case, two stat calls: no thread hand-over)."""
+        work, source = Path(transfer.work_path or ""), Path(transfer.source_path or "")
+        return work if work.exists() and not (source.exists() or source.is_symlink()) else None
 
     def _recover(self, transfer: Transfer) -> Path:
         work = Path(transfer.work_path or "")
@@ -481,10 +497,22 @@ class _PartnerRun:
             for src, dst in ((Path(transfer.work_path or ""), original), (Path(transfer.sealed_path or ""), sealed)):
                 if src.exists():
                     move_into(src, dst, durable=False)
-            fsync_dir(target_dir)  # both renames at once, before archived_at is committed
+
+        def clear() -> None:
             shutil.rmtree(Path(transfer.work_path or "").parent, ignore_errors=True)
 
-        await asyncio.to_thread(move)
+        # Both renames made durable at once (and with every other document's in the batch: one fsync of the
+        # day's folder), before archived_at is committed; the work folder goes only after that.
+        if (transfer.ciphertext_size or 0) <= SMALL_UPLOAD_BYTES:
+            await self.sync.run(move, sync=[target_dir], then=clear)
+        else:
+
+            def move_durably() -> None:
+                move()
+                fsync_dir(target_dir)
+                clear()
+
+            await asyncio.to_thread(move_durably)
         return await self.commit.update(
             transfer.id,
             archive_path=str(original),
