@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -141,19 +141,35 @@ class Outbound(Service):
         # Before the drop folders are scanned: a file whose claim committed but whose move a crash cut off is
         # still there, and the scan would take it again under a new transfer id.
         await asyncio.to_thread(_finish_moves, [t for t in work if t.state == "claimed"])
-        for job in jobs:
-            # In a worker thread: the stability check sleeps, and the daemon's loop must keep serving meanwhile.
-            work.extend(await asyncio.to_thread(self._intake, job, partner, report))
-        if not work:
-            return
-        recipients = [load_partner_cert(partner)]
-        if partner.encrypt_to_self:
-            recipients.append(self.keys.cert)
-        runner = _PartnerRun(self, partner, recipients, report)
+        runner: _PartnerRun | None = None
+        tasks: list[asyncio.Task[None]] = []
+
+        def start(transfers: list[Transfer]) -> None:
+            nonlocal runner
+            if not transfers:
+                return
+            if runner is None:  # the partner's certificate is needed only once there is something to send
+                recipients = [load_partner_cert(partner)]
+                if partner.encrypt_to_self:
+                    recipients.append(self.keys.cert)
+                runner = _PartnerRun(self, partner, recipients, report)
+            tasks.extend(asyncio.create_task(runner.process(t)) for t in transfers)
+
         try:
-            await asyncio.gather(*(runner.process(t) for t in work))
+            start(work)
+            for job in jobs:
+                # Each claim commit's documents start at once: sealing and uploading the first 256 of a large
+                # drop overlaps claiming the rest (claiming 1,000 took ~0.9 s before the first seal otherwise).
+                async for claimed in self._intake(job, partner, report):
+                    start(claimed)
+            await asyncio.gather(*tasks)
         finally:
-            await runner.close()
+            for task in tasks:
+                task.cancel()  # only those still running: an intake error must not leave documents in flight
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if runner is not None:
+                await runner.close()
 
     def _preview(self, job: SendJob, partner: Partner, report: SendReport) -> None:
         intake = scan(
@@ -173,8 +189,12 @@ class Outbound(Service):
 
     # -- intake ---------------------------------------------------------------------------------------
 
-    def _intake(self, job: SendJob, partner: Partner, report: SendReport) -> list[Transfer]:
-        intake = scan(
+    async def _intake(self, job: SendJob, partner: Partner, report: SendReport) -> AsyncIterator[list[Transfer]]:
+        """Scan the job's drop folder, quarantine what must not go, and claim the rest, yielding each claim
+        commit's documents as soon as they are claimed (file work in worker threads)."""
+        # In a worker thread: the stability check sleeps, and the daemon's loop must keep serving meanwhile.
+        intake = await asyncio.to_thread(
+            scan,
             job.source,
             pattern=job.pattern,
             max_bytes=self._max_bytes(job),
@@ -184,24 +204,28 @@ class Outbound(Service):
         quarantine_dir = self.config.state_dir / "quarantine" / job.name
         for seen, reason in intake.quarantine:
             detail = f"document type {job.document_type}, partner {partner.id}, limit {self._max_bytes(job)} bytes"
-            target = quarantine_file(
-                job.source / seen.name, quarantine_dir, reason, job=job.name, detail=detail, clock=self.clock
+            target = await asyncio.to_thread(
+                quarantine_file,
+                job.source / seen.name,
+                quarantine_dir,
+                reason,
+                job=job.name,
+                detail=detail,
+                clock=self.clock,
             )
             log.warning("quarantined %s (%s) as %s", seen.name, reason, target)
             report.outcomes.append(Outcome(job.name, seen.name, None, "quarantined", f"{reason}: {target}"))
         for seen in intake.waiting:
             report.outcomes.append(Outcome(job.name, seen.name, None, "waiting", "still being written"))
-        claimed: list[Transfer] = []
         for i in range(0, len(intake.take), CLAIMS_PER_COMMIT):
             sources = [job.source / seen.name for seen in intake.take[i : i + CLAIMS_PER_COMMIT]]
-            batch, full = self._claim(job, sources)
-            claimed += batch
+            batch, full = await asyncio.to_thread(self._claim, job, sources)
+            yield batch
             if full is not None:
                 # The work area is full: this and the rest stay in the drop folder for the next run.
                 log.error("%s", full[1])
                 report.outcomes.append(Outcome(job.name, full[0], None, "pending", str(full[1])))
                 break
-        return claimed
 
     def _claim(self, job: SendJob, sources: list[Path]) -> tuple[list[Transfer], tuple[str, DiskFullError] | None]:
         """Claim ``sources`` in one commit, then move each into its work folder (the claim comes first).

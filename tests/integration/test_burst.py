@@ -84,7 +84,8 @@ def test_a_burst_is_picked_up_exactly_once_each(tmp_path: Path, partner_cert: by
             async def pick_up(j: SendJob, reason: str) -> None:
                 reasons.append(reason)
                 report = SendReport()
-                claimed[0] += len(await asyncio.to_thread(outbound._intake, j, partner, report))
+                async for batch in outbound._intake(j, partner, report):
+                    claimed[0] += len(batch)
                 assert not [o for o in report.outcomes if o.state not in {"waiting"}], report.outcomes
 
             job.source.mkdir(parents=True, exist_ok=True)
