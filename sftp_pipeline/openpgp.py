@@ -480,13 +480,16 @@ def _size(src: Path) -> int:
 _Sealed = tuple[str, int, str, int, bytes]
 
 
-def _seal_in_memory(src: Path, dst: Path, signer: SigningKey, recipients: Sequence[Cert], *, fsync: bool) -> _Sealed:
+def _seal_in_memory(
+    src: Path, dst: Path, signer: SigningKey, recipients: Sequence[Cert], *, fsync: bool, plaintext: bytes | None
+) -> _Sealed:
     """A small document: one read, sealed in memory, one write. Sequoia's file API costs about 0.6 ms more per
     call than its in-memory one (measured: 0.95 vs 0.36 ms for 4 KiB), which is most of a small document's seal."""
-    try:
-        plaintext = src.read_bytes()
-    except OSError as exc:
-        raise _Unreadable() from exc
+    if plaintext is None:
+        try:
+            plaintext = src.read_bytes()
+        except OSError as exc:
+            raise _Unreadable() from exc
     sealed = pysequoia.encrypt(recipients=list(recipients), bytes=plaintext, signer=signer.handle, armor=False)
     with dst.open("wb") as fh:
         fh.write(sealed)
@@ -541,6 +544,7 @@ def seal(
     recipient_labels: Sequence[str] | None = None,
     checked: SealKeys | None = None,
     fsync: bool = True,
+    plaintext: bytes | None = None,
 ) -> SealInfo:
     """Sign ``src`` with our key and encrypt it to every recipient, writing binary OpenPGP to ``dst``.
 
@@ -550,14 +554,15 @@ def seal(
     become :class:`CryptoError`. ``checked`` is :func:`check_seal_keys`' verdict on the same keys, taken
     recently: a caller sealing many documents checks the keys once per batch instead of once per document.
     ``fsync=False`` leaves making ``dst`` durable to the caller (who fsyncs it in a worker thread).
+    ``plaintext`` is ``src``'s content when the caller has already read it (a small document, hashed first).
     """
     if not recipients:
         raise CryptoError(f"sealing {src}: no recipients given")
     infos, signer_info = checked or check_seal_keys(signer, recipients, now=now, recipient_labels=recipient_labels)
     try:
-        if _size(src) <= IN_MEMORY_SEAL_BYTES:
+        if plaintext is not None or _size(src) <= IN_MEMORY_SEAL_BYTES:
             plaintext_sha256, plaintext_size, ciphertext_sha256, ciphertext_size, head = _seal_in_memory(
-                src, dst, signer, recipients, fsync=fsync
+                src, dst, signer, recipients, fsync=fsync, plaintext=plaintext
             )
         else:
             plaintext_sha256, plaintext_size, ciphertext_sha256, ciphertext_size, head = _seal_streaming(

@@ -10,6 +10,7 @@ name already complete records it instead of sending again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import shutil
@@ -401,7 +402,11 @@ class _PartnerRun:
         # pysequoia holds the GIL while it works: a seal in a worker thread stalls the event loop's every socket
         # call for up to the interpreter's switch interval, so small documents are hashed and sealed right here.
         inline = work.stat().st_size <= INLINE_SEAL_BYTES
-        digest, size = sha256_file(work) if inline else await asyncio.to_thread(sha256_file, work)
+        document = work.read_bytes() if inline else None  # read once: hashed here, sealed below
+        if document is not None:
+            digest, size = hashlib.sha256(document).hexdigest(), len(document)
+        else:
+            digest, size = await asyncio.to_thread(sha256_file, work)
         try:
             await self.commit.apply(Change(transfer.id, "plaintext", values={"sha256": digest, "size": size}))
         except DuplicateContent as dup:
@@ -411,7 +416,7 @@ class _PartnerRun:
         partial = sealed.with_name(sealed.name + ".tmp")
         args = (work, partial)
         kwargs = {"signer": self.o.keys.signer, "recipients": self.recipients, "now": self.o.clock(),
-                  "checked": checked, "fsync": False}  # fmt: skip
+                  "checked": checked, "fsync": False, "plaintext": document}  # fmt: skip
         try:
             info = seal(*args, **kwargs) if inline else await asyncio.to_thread(seal, *args, **kwargs)  # type: ignore[arg-type]
         except DiskFullError as exc:  # name the document, not its claimed copy
