@@ -240,13 +240,7 @@ class SftpTransport(Transport):
             return await self._put_small(local, temp, final, size, progress)
         existing = await self._op("stat", final, self._stat_or_none(final))
         if existing is not None:
-            if existing.size == size:
-                log.info("partner %s: %s already on %s with %d bytes", self._partner, final, self._where, size)
-                return PutResult(remote_path=final, size=size, already_present=True)
-            raise errors.PermanentTransportError(
-                f"partner {self._partner!r}: {final} on {self._where} already exists with {existing.size} "
-                f"bytes, not {size}; it was not overwritten — ask the partner what that file is"
-            )
+            return self._already_there(final, existing, size)
         await self._op("remove stale", temp, self._remove_if_present(temp))
         try:
             await self._transfer("upload", temp, lambda h: self._upload(local, temp, h), progress)
@@ -304,6 +298,10 @@ class SftpTransport(Transport):
             return PutResult(remote_path=final, size=size)
         # An earlier attempt got this far and the ledger never heard (a crash, a cut connection).
         await self._op("remove", temp, self._remove_if_present(temp))
+        return self._already_there(final, existing, size)
+
+    def _already_there(self, final: str, existing: asyncssh.SFTPAttrs, size: int) -> PutResult:
+        """The final name exists: our earlier upload when the size matches, else someone else's file (refused)."""
         if existing.size == size:
             log.info("partner %s: %s already on %s with %d bytes", self._partner, final, self._where, size)
             return PutResult(remote_path=final, size=size, already_present=True)

@@ -36,6 +36,13 @@ def document(tmp_path: Path) -> Path:
     return src
 
 
+def _gnupg_partner(gpg: GnuPG, signer: SigningKey) -> pysequoia.Cert:
+    """A partner whose key GnuPG made, who knows our certificate: the one we seal to."""
+    fpr = gpg.generate()
+    gpg.import_key(str(signer.cert).encode())
+    return pysequoia.Cert.from_bytes(gpg.export(fpr))
+
+
 def _assert_gnupg_accepts(gpg: GnuPG, sealed: Path, document: Path, signer_fpr: str) -> list[str]:
     plaintext, status = gpg.decrypt(sealed)
     assert plaintext == document.read_bytes()
@@ -52,9 +59,7 @@ def _assert_gnupg_accepts(gpg: GnuPG, sealed: Path, document: Path, signer_fpr: 
 
 def test_sealed_to_gnupg_key_is_read_by_gnupg(gpg: GnuPG, ours, document: Path, tmp_path: Path) -> None:
     _, signer = ours
-    fpr = gpg.generate()
-    gpg.import_key(str(signer.cert).encode())
-    partner = pysequoia.Cert.from_bytes(gpg.export(fpr))
+    partner = _gnupg_partner(gpg, signer)
 
     result = seal(document, tmp_path / "out.pgp", signer=signer, recipients=[partner], now=_now())
 
@@ -70,9 +75,7 @@ def test_sealed_to_gnupg_key_is_read_by_gnupg(gpg: GnuPG, ours, document: Path, 
 def test_both_seal_paths_are_read_by_gnupg_and_hashed_right(gpg: GnuPG, ours, tmp_path: Path, size: int) -> None:
     """Small documents are sealed in memory, larger ones streamed file to file: the same message either way."""
     _, signer = ours
-    fpr = gpg.generate()
-    gpg.import_key(str(signer.cert).encode())
-    partner = pysequoia.Cert.from_bytes(gpg.export(fpr))
+    partner = _gnupg_partner(gpg, signer)
     document = tmp_path / "aggregation.csv"
     document.write_bytes(os.urandom(size))
     sealed = tmp_path / "out.pgp"
@@ -113,9 +116,7 @@ def test_aes256_even_when_partner_prefers_aes128(gpg: GnuPG, ours, document: Pat
 
 def test_encrypt_to_self_is_readable_by_both(gpg: GnuPG, ours, document: Path, tmp_path: Path) -> None:
     tsk, signer = ours
-    fpr = gpg.generate()
-    gpg.import_key(str(signer.cert).encode())
-    partner = pysequoia.Cert.from_bytes(gpg.export(fpr))
+    partner = _gnupg_partner(gpg, signer)
     sealed = tmp_path / "out.pgp"
 
     result = seal(document, sealed, signer=signer, recipients=[partner, signer.cert], now=_now())
@@ -125,7 +126,7 @@ def test_encrypt_to_self_is_readable_by_both(gpg: GnuPG, ours, document: Path, t
     decrypted = pysequoia.decrypt_file(sealed, back, tsk.decryptor(), store=lambda _ids: [signer.cert])
     assert back.read_bytes() == document.read_bytes()
     assert len(decrypted.valid_sigs) == 1
-    assert result.recipient_fingerprints == (fpr.lower(), signer.cert.fingerprint.lower())
+    assert result.recipient_fingerprints == (partner.fingerprint.lower(), signer.cert.fingerprint.lower())
 
 
 def test_rsa3072_partner_is_accepted(gpg: GnuPG, ours, document: Path, tmp_path: Path) -> None:
