@@ -84,8 +84,13 @@ def test_final_name_never_holds_a_partial_file(target: ContractTarget, tmp_path:
     assert final.stat().st_size == src.stat().st_size
 
 
-def test_put_is_idempotent_and_replaces_a_stale_temp(target: ContractTarget, tmp_path: Path) -> None:
-    data = os.urandom(200_000)
+# One write request (a small document's path) and several (the streaming path).
+SIZES = pytest.mark.parametrize("size", [200_000, 600_000], ids=["one-write", "streamed"])
+
+
+@SIZES
+def test_put_is_idempotent_and_replaces_a_stale_temp(target: ContractTarget, tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
     src = write(tmp_path / "src.bin", data)
     (target.root / INBOX).mkdir(exist_ok=True)
     write(target.root / INBOX / f".{NAME}.part", b"left over by a crashed run")
@@ -100,8 +105,9 @@ def test_put_is_idempotent_and_replaces_a_stale_temp(target: ContractTarget, tmp
     assert [p.name for p in (target.root / INBOX).iterdir()] == [NAME]
 
 
-def test_put_refuses_to_replace_a_different_file(target: ContractTarget, tmp_path: Path) -> None:
-    src = write(tmp_path / "src.bin", b"new content, longer than the old")
+@SIZES
+def test_put_refuses_to_replace_a_different_file(target: ContractTarget, tmp_path: Path, size: int) -> None:
+    src = write(tmp_path / "src.bin", os.urandom(size))
     (target.root / INBOX).mkdir(exist_ok=True)
     write(target.root / INBOX / NAME, b"old")
 
@@ -111,6 +117,7 @@ def test_put_refuses_to_replace_a_different_file(target: ContractTarget, tmp_pat
     with pytest.raises(errors.PermanentTransportError, match="already exists"):
         run(target, body)
     assert (target.root / INBOX / NAME).read_bytes() == b"old"
+    assert [p.name for p in (target.root / INBOX).iterdir()] == [NAME]  # no temporary name left behind
 
 
 def test_list_returns_complete_regular_files_only(target: ContractTarget, tmp_path: Path) -> None:

@@ -12,6 +12,9 @@ import asyncssh
 import paramiko
 import pytest
 
+from sftp_pipeline import errors
+from sftp_pipeline.config import SftpEndpoint
+from sftp_pipeline.transport.sftp import SftpTransport
 from tests.peers.embedded import PARTNER_ID, EmbeddedPeer, ServerFactory, paramiko_sftp, paramiko_transport
 
 CHUNK = 256 * 1024
@@ -249,3 +252,34 @@ def test_a_new_session_restarts_a_client_managed_upload_its_dead_session_still_h
     assert (inbox / "doc.pgp").read_bytes() == b"the whole document"
     assert sorted(os.listdir(inbox)) == ["doc.pgp"]
     assert [u.path.name for u in embedded_server.wait_uploads(1)] == ["doc.pgp"]
+
+
+def test_our_transport_finds_its_own_earlier_upload_and_refuses_a_different_file(
+    embedded_server: EmbeddedPeer, tmp_path: Path
+) -> None:
+    """A small upload renames without a stat first; the server refuses the rename over a delivered file, and
+    only then does our transport look: the same size is its own earlier upload, another is someone else's."""
+    endpoint = SftpEndpoint(
+        host=embedded_server.host, port=embedded_server.port, user=embedded_server.partner_id,
+        host_keys=[embedded_server.host_key_line], connect_timeout=SETTLE_TIMEOUT,
+    )  # fmt: skip
+    ours, other = tmp_path / "INV-1.xml.pgp", tmp_path / "other.pgp"
+    ours.write_bytes(os.urandom(4096))
+    other.write_bytes(os.urandom(5000))
+
+    async def main() -> tuple[bool, bool]:
+        t = await SftpTransport.connect(endpoint, client_key=embedded_server.login_key.path, partner_id="utility")
+        try:
+            first = await t.put_atomic(ours, "receipts-in", "doc.pgp")
+            again = await t.put_atomic(ours, "receipts-in", "doc.pgp")
+            with pytest.raises(errors.PermanentTransportError, match="already exists with 4096 bytes, not 5000"):
+                await t.put_atomic(other, "receipts-in", "doc.pgp")
+            return first.already_present, again.already_present
+        finally:
+            await t.close()
+
+    assert asyncio.run(main()) == (False, True)
+    final = embedded_server.root() / "receipts-in" / "doc.pgp"
+    assert final.read_bytes() == ours.read_bytes()
+    assert sorted(p.name for p in final.parent.iterdir()) == ["doc.pgp"]  # no temporary name left behind
+    assert len(embedded_server.wait_uploads(1)) == 1
