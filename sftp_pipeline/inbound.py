@@ -362,7 +362,12 @@ class Collector(Service):
                         f"{row.status} (finished after an interruption)",
                     )
                 )
-            await self._finish(row, partner, transport)
+            try:
+                await self._finish(row, partner, transport)
+            except (TransportError, OSError) as exc:
+                # Its receipt goes out next run (the row stays unfinished); a cut here must not end the run.
+                log.warning("sending the receipt for %s to %s: %s; will retry", row.remote_name, partner.id, exc)
+                report.outcomes.append(Outcome(partner.id, row.remote_name, row.transfer_id, "pending", str(exc)))
 
     async def _quarantine_remote(
         self, job: CollectJob, partner: Partner, transport: Transport, name: str, reason: str, detail: str

@@ -351,7 +351,7 @@ def test_collect_through_a_cutting_proxy_receives_each_document_once_with_one_re
     """The receive direction: the utility leaves documents in the outbox; we collect them through cuts."""
     test = "collect_through_a_cutting_proxy"
     rng = seeded(test)
-    plan = RandomCuts(random.Random(rng.random()), budget=8, max_up=16 * 1024, max_down=MiB, down_share=0.7)
+    plan = RandomCuts(random.Random(rng.random()), budget=8, max_up=8 * 1024, max_down=MiB, down_share=0.7)
     with TcpProxy(sshd.port, plan=plan) as proxy:
         setup = over_sshd(tmp_path, sshd, proxy.port)
         documents = {f"INV-{i}.xml": rng.randbytes(rng.randint(1000, 600_000)) for i in range(12)}
