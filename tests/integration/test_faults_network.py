@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -372,6 +373,32 @@ def test_collect_through_a_cutting_proxy_receives_each_document_once_with_one_re
     assert receipts == sorted(n for tid in sent for n in receipt_file_names(tid)), why(test)
     assert proxy.injected("cut", "reset") >= plan.budget // 2, why(test)
     print(f"{test}: {proxy.injected('cut', 'reset')} cuts/resets, {len(documents)} documents {why(test)}")
+    assert_ledger_intact(setup.aggregator)
+
+
+def test_a_receipt_that_cannot_be_sent_again_stays_pending_and_the_run_goes_on(tmp_path: Path, sshd: Sshd) -> None:
+    """An interrupted run's receipt is re-sent first thing; when that fails too, it waits for the next run (it
+    used to end the whole collect with an exception, so nothing else was collected)."""
+    setup = over_sshd(tmp_path, sshd, sshd.port)
+    setup.utility.drop("invoice", "INV-1.xml", b"<invoice id='1'/>")
+    assert setup.utility.send().count("uploaded") == 1
+    shutil.rmtree(sshd.root / "receipts-in")  # where our receipts go: gone on the partner's server
+
+    first = setup.aggregator.collect()  # delivered; its receipt cannot be placed
+    (row,) = setup.aggregator.inbound()
+    assert row.state == "accepted" and row.receipt_sent_at is None, first.outcomes
+    setup.utility.drop("invoice", "INV-2.xml", b"<invoice id='2'/>")
+    assert setup.utility.send().count("uploaded") == 1
+
+    second = setup.aggregator.collect()  # the re-send fails again; INV-2 is still collected
+    assert [(o.name, o.result) for o in second.outcomes if o.transfer_id == row.transfer_id] == [
+        (row.remote_name, "pending")
+    ]
+    assert len(setup.aggregator.inbound()) == 2
+
+    (sshd.root / "receipts-in").mkdir()  # the partner fixed it
+    setup.aggregator.collect()
+    assert all(r.receipt_sent_at for r in setup.aggregator.inbound())
     assert_ledger_intact(setup.aggregator)
 
 
