@@ -13,43 +13,40 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
-from .errors import LedgerError
 from .fsutil import fsync_dir
 from .ledger import Change, Ledger, Transfer
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
-class GroupCommitter:
-    """Queue :class:`Change` s from many coroutines; one flusher commits whatever has queued, repeatedly."""
 
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self._queue: list[tuple[Change, asyncio.Future[Transfer]]] = []
+class _Batches(Generic[Item, Result]):
+    """Items queued by many coroutines; one flusher hands whatever has queued to :meth:`_run` at once,
+    repeatedly, and gives each coroutine its own item's result or error."""
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def apply(self, change: Change) -> Transfer:
-        """Commit ``change`` (with others queued meanwhile); its refusal is raised here as its LedgerError."""
-        future: asyncio.Future[Transfer] = asyncio.get_running_loop().create_future()
-        self._queue.append((change, future))
+    async def _run(self, items: list[Item]) -> list[Result | Exception]:
+        """Each item's result, or its own error (raising fails the whole batch)."""
+        raise NotImplementedError
+
+    async def _submit(self, item: Item) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
-
-    async def transition(
-        self, transfer_id: str, new_state: str, detail: str | None = None, **values: object
-    ) -> Transfer:
-        return await self.apply(Change(transfer_id, "transition", new_state, detail, dict(values)))
-
-    async def update(self, transfer_id: str, detail: str | None = None, **values: object) -> Transfer:
-        return await self.apply(Change(transfer_id, "update", None, detail, dict(values)))
 
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                results = await asyncio.to_thread(self.ledger.apply, [change for change, _ in batch])
-            except BaseException as exc:  # the commit failed (or we were cancelled): none of these happened
+                results = await self._run([item for item, _ in batch])
+            except BaseException as exc:  # the batch failed (or we were cancelled): none of these happened
                 for _, future in batch:
                     if future.done():
                         continue
@@ -63,13 +60,36 @@ class GroupCommitter:
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
-                if isinstance(result, LedgerError):
+                if isinstance(result, Exception):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
 
 
-class GroupSync:
+class GroupCommitter(_Batches[Change, Transfer]):
+    """Queue :class:`Change` s from many coroutines; one flusher commits whatever has queued, repeatedly."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__()
+        self.ledger = ledger
+
+    async def apply(self, change: Change) -> Transfer:
+        """Commit ``change`` (with others queued meanwhile); its refusal is raised here as its LedgerError."""
+        return await self._submit(change)
+
+    async def transition(
+        self, transfer_id: str, new_state: str, detail: str | None = None, **values: object
+    ) -> Transfer:
+        return await self.apply(Change(transfer_id, "transition", new_state, detail, dict(values)))
+
+    async def update(self, transfer_id: str, detail: str | None = None, **values: object) -> Transfer:
+        return await self.apply(Change(transfer_id, "update", None, detail, dict(values)))
+
+    async def _run(self, items: list[Change]) -> list[Transfer | Exception]:
+        return list(await asyncio.to_thread(self.ledger.apply, items))
+
+
+class GroupSync(_Batches["_Step", None]):
     """Group fsync: the small blocking file steps of many documents in flight (an fsync and a rename, a move
     into the archive) run together in ONE worker-thread call, and each folder is fsynced once per batch however
     many documents touched it.
@@ -81,40 +101,15 @@ class GroupSync:
     per batch instead of once per document.
     """
 
-    def __init__(self) -> None:
-        self._queue: list[tuple[_Step, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
     async def run(
         self, work: Callable[[], None], *, sync: Iterable[Path] = (), then: Callable[[], None] | None = None
     ) -> None:
         """Run ``work``, then fsync the folders in ``sync``, then ``then`` (a clean-up that must follow the
         fsync); raise what failed. Runs in a worker thread with the other documents' steps queued meanwhile."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((_Step(work, tuple(sync), then), future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
+        await self._submit(_Step(work, tuple(sync), then))
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            try:
-                errors = await asyncio.to_thread(_run_steps, [step for step, _ in batch])
-            except BaseException as exc:  # cancelled: none of these is known to be durable
-                for _, future in batch:
-                    if not future.done():
-                        future.cancel()
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, future), error in zip(batch, errors, strict=True):
-                if future.done():
-                    continue
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
+    async def _run(self, items: list[_Step]) -> list[Exception | None]:
+        return await asyncio.to_thread(_run_steps, items)
 
 
 class _Step(NamedTuple):
