@@ -478,7 +478,7 @@ class SftpTransport(Transport):
         except errors.TransportError:
             raise
         except (asyncssh.Error, OSError) as exc:
-            if self._stalled:
+            if self._stalled or _keepalive_gave_up(exc):  # the watchdog or the keepalive: both a silent server
                 raise errors.TransientTransportError(
                     f"partner {self._partner!r}: {what} of {path} on {self._where} stalled: nothing moved "
                     f"for {self._endpoint.stall_timeout:g}s; the connection was dropped and the step will "
@@ -521,6 +521,13 @@ class _Watchdog:
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+
+def _keepalive_gave_up(exc: BaseException) -> bool:
+    """asyncssh dropped the connection because the server answered no keepalive (its only sign is the reason
+    text); with the interval at a quarter of the stall timeout that races the watchdog, and it is the same
+    fault, so it gets the same message."""
+    return isinstance(exc, asyncssh.ConnectionLost) and "not responding to keepalive" in str(exc.reason)
 
 
 def _mac_name(conn: asyncssh.SSHClientConnection) -> str:
