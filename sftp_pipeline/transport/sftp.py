@@ -478,7 +478,14 @@ class SftpTransport(Transport):
         except errors.TransportError:
             raise
         except (asyncssh.Error, OSError) as exc:
-            if self._stalled or _keepalive_gave_up(exc):  # the watchdog or the keepalive: both a silent server
+            if not self._stalled and _keepalive_gave_up(exc):  # it noticed before the watchdog: the same fault
+                log.warning(
+                    "partner %s: %s stopped answering (no reply to keepalives); the connection was dropped",
+                    self._partner,
+                    self._where,
+                )
+                self._stalled = True
+            if self._stalled:
                 raise errors.TransientTransportError(
                     f"partner {self._partner!r}: {what} of {path} on {self._where} stalled: nothing moved "
                     f"for {self._endpoint.stall_timeout:g}s; the connection was dropped and the step will "
