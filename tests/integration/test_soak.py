@@ -113,8 +113,8 @@ def soak(tmp_path: Path, sshd: Sshd, docs: int, kills: int, seed: int) -> Tally:
     return tally
 
 
-def test_soak_short(tmp_path: Path, sshd: Sshd) -> None:
-    docs, kills, seed = sizes(SHORT_DOCS, SHORT_KILLS)
+def run_soak(tmp_path: Path, sshd: Sshd, default_docs: int, default_kills: int) -> None:
+    docs, kills, seed = sizes(default_docs, default_kills)
     began = time.monotonic()
     tally = soak(tmp_path, sshd, docs, kills, seed)
     assert tally.kills >= kills
@@ -122,15 +122,12 @@ def test_soak_short(tmp_path: Path, sshd: Sshd) -> None:
         f"soak: {docs} documents, {tally.kills} kills {tally.by_step} in {tally.rounds} rounds, "
         f"seed {seed}, {time.monotonic() - began:.0f} s"
     )
+
+
+def test_soak_short(tmp_path: Path, sshd: Sshd) -> None:
+    run_soak(tmp_path, sshd, SHORT_DOCS, SHORT_KILLS)
 
 
 @pytest.mark.soak
 def test_soak_full(tmp_path: Path, sshd: Sshd) -> None:
-    docs, kills, seed = sizes(FULL_DOCS, FULL_KILLS)
-    began = time.monotonic()
-    tally = soak(tmp_path, sshd, docs, kills, seed)
-    assert tally.kills >= kills
-    print(
-        f"soak: {docs} documents, {tally.kills} kills {tally.by_step} in {tally.rounds} rounds, "
-        f"seed {seed}, {time.monotonic() - began:.0f} s"
-    )
+    run_soak(tmp_path, sshd, FULL_DOCS, FULL_KILLS)
