@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import signal
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
 
 from .clock import Clock, utc_now
 from .config import AnyJob, CollectJob, Config, ReceiptsJob, ReportJob, SendJob
@@ -32,6 +29,7 @@ from .inbound import Collector, collect_on_upload
 from .outbound import Outbound
 from .receipt_pull import ReceiptPuller
 from .reporting import produce_report
+from .runlock import try_lock
 from .runtime import Runtime, open_runtime
 from .scheduler import JobScheduler, LedgerMarks
 from .server import EmbeddedServer
@@ -53,26 +51,17 @@ class AlreadyRunning(PipelineError):
 @contextlib.contextmanager
 def instance_lock(state_dir: Path) -> Iterator[None]:
     """Hold ``state_dir/daemon.lock`` (flock) for the life of the daemon; refuse when another process has it."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / LOCK_NAME
-    fh: IO[str] = path.open("a+")
+    held = try_lock(path)
+    if isinstance(held, str):
+        raise AlreadyRunning(
+            f"{path}: another sftp-pipeline daemon (pid {held}) is running on this state directory; "
+            "stop it first (systemctl stop sftp-pipeline) — two daemons would race for the same files"
+        )
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise AlreadyRunning(
-                f"{path}: another sftp-pipeline daemon (pid {holder}) is running on this state directory; "
-                "stop it first (systemctl stop sftp-pipeline) — two daemons would race for the same files"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
         yield
     finally:
-        fh.close()  # closing the descriptor releases the lock
+        held.close()  # closing the descriptor releases the lock
 
 
 class Daemon:
@@ -80,6 +69,14 @@ class Daemon:
         self.config = config
         self.clock = clock
         self.runs: dict[str, int] = {}
+        self._collector: Collector | None = None
+
+    def collector(self, rt: Runtime) -> Collector:
+        """One collector for the scheduled collect runs and the server's on-upload hook: its per-document locks
+        keep the two from opening the same upload at once."""
+        if self._collector is None:
+            self._collector = Collector(self.config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+        return self._collector
 
     async def run_job(self, rt: Runtime, job: AnyJob, reason: str) -> None:
         """Run one job once; errors are logged and reported by the job's own outcome, never raised."""
@@ -90,7 +87,7 @@ class Daemon:
                 report = await Outbound(self.config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run([job])
                 ok = report.ok
             elif isinstance(job, CollectJob):
-                collected = await Collector(self.config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run([job])
+                collected = await self.collector(rt).run([job])
                 ok = collected.ok
             elif isinstance(job, ReceiptsJob):
                 pulled = await ReceiptPuller(self.config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run([job])
@@ -124,8 +121,7 @@ class Daemon:
                 await scheduler.trigger(job, "start-up recovery")
         server = None
         if config.server is not None:
-            collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
-            server = EmbeddedServer(config, on_upload=collect_on_upload(config, collector))
+            server = EmbeddedServer(config, on_upload=collect_on_upload(config, self.collector(rt)))
             await server.start()
             log.info("serving SFTP on port %d", server.port)
         watched = [j for j in jobs if isinstance(j, SendJob) and j.watch]

@@ -47,6 +47,7 @@ from .names import is_safe_name, parse_sealed_name
 from .openpgp_open import GnupgRun, open_message
 from .openpgp_stream import GnupgStream
 from .receipts import build_receipt, receipt_file_names, sign_receipt
+from .runlock import partner_turn
 from .service import Service, TransportFactory
 from .transport import Transport
 
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 # Why 8: the output of one document may be at most this many times the largest accepted input; beyond it a
 # "document" is a decompression bomb, not settlement data.
 MAX_EXPANSION = 8
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,7 @@ class Collector(Service):
     ) -> None:
         super().__init__(config, keys, ledger, transport_factory, clock=clock)
         self.staging = config.state_dir / "inbound" / "staging"
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}  # (partner, name) → (lock, users)
 
     # -- runs ----------------------------------------------------------------------------------------
 
@@ -121,35 +121,50 @@ class Collector(Service):
                 report.outcomes.append(Outcome(partner.id, "", None, "pending", f"cannot connect: {exc}"))
                 continue
             try:
-                await self._finish_unfinished(job, partner, transport, report)
-                place = place_of(partner)
-                try:
-                    entries = await transport.list(place.documents)
-                except TransportError as exc:
-                    report.outcomes.append(Outcome(partner.id, place.documents, None, "pending", str(exc)))
-                    continue
-                for entry in entries:
-                    mtime = datetime.fromtimestamp(entry.mtime, UTC)
-                    report.outcomes.append(
-                        await self.collect_one(
-                            job, partner, transport, entry.name, received_at=mtime if place.hosted else None
-                        )
-                    )
+                # One collect run per partner at a time (see runlock): both would finish the same unfinished rows.
+                async with partner_turn(self.config.state_dir, "collect", partner.id):
+                    await self._collect_all(job, partner, transport, report)
             finally:
                 await transport.close()
         return report
+
+    async def _collect_all(
+        self, job: CollectJob, partner: Partner, transport: Transport, report: CollectReport
+    ) -> None:
+        await self._finish_unfinished(job, partner, transport, report)
+        place = place_of(partner)
+        try:
+            entries = await transport.list(place.documents)
+        except TransportError as exc:
+            report.outcomes.append(Outcome(partner.id, place.documents, None, "pending", str(exc)))
+            return
+        for entry in entries:
+            mtime = datetime.fromtimestamp(entry.mtime, UTC)
+            report.outcomes.append(
+                await self.collect_one(job, partner, transport, entry.name, received_at=mtime if place.hosted else None)
+            )
 
     async def collect_one(
         self, job: CollectJob, partner: Partner, transport: Transport, name: str, *, received_at: datetime | None
     ) -> Outcome:
         """Collect one file by name. ``received_at`` is when it was complete (None: when we finish downloading)."""
-        lock = self._locks.setdefault((partner.id, name), asyncio.Lock())
-        async with lock:
-            try:
-                return await self._collect(job, partner, transport, name, received_at)
-            except (TransportError, OSError) as exc:
-                log.warning("collecting %s from %s: %s; will retry", name, partner.id, exc)
-                return Outcome(partner.id, name, None, "pending", str(exc))
+        key = (partner.id, name)
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                try:
+                    return await self._collect(job, partner, transport, name, received_at)
+                except (TransportError, OSError) as exc:
+                    log.warning("collecting %s from %s: %s; will retry", name, partner.id, exc)
+                    return Outcome(partner.id, name, None, "pending", str(exc))
+        finally:
+            # Forget the lock with its last user: a daemon sees every name once, and must not keep them all.
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     async def _collect(
         self, job: CollectJob, partner: Partner, transport: Transport, name: str, received_at: datetime | None

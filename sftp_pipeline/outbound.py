@@ -42,6 +42,7 @@ from .keys import OurKeys, load_partner_cert
 from .ledger import Change, DuplicateContent, Ledger, Transfer
 from .names import new_transfer_id, sealed_name
 from .openpgp import SealKeys, check_seal_keys, seal
+from .runlock import partner_turn
 from .service import Service, TransportFactory
 from .transport import Progress, Transport
 from .transport.sftp import SMALL_FILE_BYTES
@@ -65,6 +66,7 @@ INLINE_SEAL_BYTES = 256 * 1024
 # flight, one large upload's window, and hide the latency that made 1,000 small documents slow.
 SMALL_UPLOAD_BYTES = SMALL_FILE_BYTES
 SMALL_UPLOADS_PER_SLOT = 4
+
 
 class ProgressSink(Protocol):
     """Where per-document upload progress goes (a rich progress bar in the CLI; nothing in a daemon)."""
@@ -134,6 +136,12 @@ class Outbound(Service):
             for job in jobs:
                 self._preview(job, partner, report)
             return
+        # One send run per partner at a time (other jobs' runs, other processes): each starts by taking the
+        # partner's unfinished transfers, and two runs would both take a document the other has in flight.
+        async with partner_turn(self.config.state_dir, "send", partner.id):
+            await self._send_to(partner, jobs, report, retry_failed)
+
+    async def _send_to(self, partner: Partner, jobs: list[SendJob], report: SendReport, retry_failed: bool) -> None:
         if retry_failed:
             for transfer in self.ledger.by_state("failed", partner.id):
                 back = "sealed" if transfer.sealed_at and transfer.sealed_path else "claimed"

@@ -73,6 +73,7 @@ from .receipts import (
     ReceiptInvalid,
     verify_receipt,
 )
+from .runlock import partner_turn
 from .service import Service, TransportFactory
 from .transport import RemoteEntry, Transport
 
@@ -250,7 +251,9 @@ class ReceiptPuller(Service):
         """Pull and settle the receipts of every partner named by ``jobs`` (each partner once)."""
         report = PullReport()
         for partner_id in dict.fromkeys(job.partner for job in jobs):
-            await _PartnerPull(self, self.config.partner(partner_id), report).run()
+            # One pull per partner at a time (see runlock): both would clear and fill the same staging folder.
+            async with partner_turn(self.config.state_dir, "receipts", partner_id):
+                await _PartnerPull(self, self.config.partner(partner_id), report).run()
         return report
 
 
