@@ -47,7 +47,7 @@ from .names import is_safe_name, parse_sealed_name
 from .openpgp_open import GnupgRun, open_message
 from .openpgp_stream import GnupgStream
 from .receipts import build_receipt, receipt_file_names, sign_receipt
-from .runlock import partner_turn
+from .runlock import turn
 from .service import Service, TransportFactory
 from .transport import Transport
 
@@ -122,7 +122,7 @@ class Collector(Service):
                 continue
             try:
                 # One collect run per partner at a time (see runlock): both would finish the same unfinished rows.
-                async with partner_turn(self.config.state_dir, "collect", partner.id):
+                async with turn(self.config.state_dir, "collect", partner.id):
                     await self._collect_all(job, partner, transport, report)
             finally:
                 await transport.close()
@@ -462,9 +462,14 @@ def collect_on_upload(
         if job is None or path.parent.name != place_of(config.partner(partner_id)).documents:
             return
         local = LocalTransport(config.hosted_root(partner_id), partner_id=partner_id)
-        outcome = await collector.collect_one(
-            job, config.partner(partner_id), local, path.name, received_at=completed_at
-        )
+        # Never beside a collect run for this partner (the daemon's, or an operator's `collect`: both would
+        # open this upload); beside other uploads' collection, yes. When a run took it meanwhile, nothing is left.
+        async with turn(config.state_dir, "collect", partner_id, shared=True):
+            if not path.exists():
+                return
+            outcome = await collector.collect_one(
+                job, config.partner(partner_id), local, path.name, received_at=completed_at
+            )
         log.info(
             "%s from %s: %s %s",
             path.name,

@@ -1,10 +1,11 @@
 """Outbound: drop folder → claim → seal → upload → archive, for the ``send`` jobs of one run.
 
 Every step writes the ledger before it moves on, so a crash between any two
-steps is finished by the next run (:meth:`Outbound.run` always starts with the
-partner's unfinished transfers) and nothing is uploaded twice to a final name:
-the remote name is fixed at claim time, and an upload that finds its final
-name already complete records it instead of sending again.
+steps is finished by the next run (:meth:`Outbound.run` always starts with its
+jobs' unfinished transfers; a job runs once at a time, :mod:`.runlock`) and
+nothing is uploaded twice to a final name: the remote name is fixed at claim
+time, and an upload that finds its final name already complete records it
+instead of sending again.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .keys import OurKeys, load_partner_cert
 from .ledger import Change, DuplicateContent, Ledger, Transfer
 from .names import new_transfer_id, sealed_name
 from .openpgp import SealKeys, check_seal_keys, seal
-from .runlock import partner_turn
+from .runlock import lock_path, try_lock, turns
 from .service import Service, TransportFactory
 from .transport import Progress, Transport
 from .transport.sftp import SMALL_FILE_BYTES
@@ -136,17 +137,31 @@ class Outbound(Service):
             for job in jobs:
                 self._preview(job, partner, report)
             return
-        # One send run per partner at a time (other jobs' runs, other processes): each starts by taking the
-        # partner's unfinished transfers, and two runs would both take a document the other has in flight.
-        async with partner_turn(self.config.state_dir, "send", partner.id):
-            await self._send_to(partner, jobs, report, retry_failed)
+        # A job runs once at a time (the daemon's, an operator's `send` beside it, any process): each run starts
+        # by finishing its jobs' unfinished transfers, and two runs would both take a document in flight.
+        # Transfers of a job no longer configured for this partner go to whichever run holds its "orphans" lock.
+        async with turns(self.config.state_dir, "send", [job.name for job in jobs]):
+            orphans = try_lock(lock_path(self.config.state_dir, "orphans", partner.id))
+            try:
+                await self._send_to(partner, jobs, report, retry_failed, orphans=not isinstance(orphans, str))
+            finally:
+                if not isinstance(orphans, str):
+                    orphans.close()
 
-    async def _send_to(self, partner: Partner, jobs: list[SendJob], report: SendReport, retry_failed: bool) -> None:
+    async def _send_to(
+        self, partner: Partner, jobs: list[SendJob], report: SendReport, retry_failed: bool, *, orphans: bool
+    ) -> None:
+        mine = {job.name for job in jobs}
+        configured = {j.name for j in self.config.jobs_of("send") if j.partner == partner.id}
+
+        def ours(transfer: Transfer) -> bool:
+            return transfer.job in mine or (orphans and transfer.job not in configured)
+
         if retry_failed:
-            for transfer in self.ledger.by_state("failed", partner.id):
+            for transfer in filter(ours, self.ledger.by_state("failed", partner.id)):
                 back = "sealed" if transfer.sealed_at and transfer.sealed_path else "claimed"
                 self.ledger.transition(transfer.id, back, "retry requested", last_error=None)
-        work: list[Transfer] = self.ledger.unfinished(partner.id)
+        work: list[Transfer] = [t for t in self.ledger.unfinished(partner.id) if ours(t)]
         # Before the drop folders are scanned: a file whose claim committed but whose move a crash cut off is
         # still there, and the scan would take it again under a new transfer id.
         await asyncio.to_thread(_finish_moves, [t for t in work if t.state == "claimed"])

@@ -73,7 +73,7 @@ from .receipts import (
     ReceiptInvalid,
     verify_receipt,
 )
-from .runlock import partner_turn
+from .runlock import turn
 from .service import Service, TransportFactory
 from .transport import RemoteEntry, Transport
 
@@ -252,7 +252,7 @@ class ReceiptPuller(Service):
         report = PullReport()
         for partner_id in dict.fromkeys(job.partner for job in jobs):
             # One pull per partner at a time (see runlock): both would clear and fill the same staging folder.
-            async with partner_turn(self.config.state_dir, "receipts", partner_id):
+            async with turn(self.config.state_dir, "receipts", partner_id):
                 await _PartnerPull(self, self.config.partner(partner_id), report).run()
         return report
 

@@ -1,10 +1,12 @@
-"""File locks on the state directory: one daemon per state directory, one run per partner and direction.
+"""File locks on the state directory: one daemon per state directory; a send job, or a partner's collect or
+receipt work, one run at a time.
 
-A send run starts by finishing the partner's unfinished transfers, a collect run the partner's unfinished
-inbound documents: two runs for the same partner at once (the daemon's invoice and aggregation jobs, an
-operator's ``send`` while the daemon sends) would both take the same in-flight document — seal it twice,
+A send run starts by finishing its job's unfinished transfers, a collect run the partner's unfinished inbound
+documents: two runs doing that at once (the daemon's watched job and an operator's ``send`` of the same job, a
+scheduled collect and an operator's ``collect``) would both take the same in-flight document — seal it twice,
 overwrite the sealed file whose hash the ledger recorded, fight over its state. So each run holds
-``state_dir/locks/<direction>-<partner>.lock`` while it works; a second run waits its turn.
+``state_dir/locks/<direction>-<job or partner>.lock`` while it works and a second one waits its turn. Send locks
+are per job, not per partner, so invoices never wait behind a partner's gigabyte aggregation upload.
 
 ``flock`` locks belong to an open file description, so they exclude other processes *and* other runs in the
 same process (each opens the file afresh); the kernel releases them when a process dies, so a crash never
@@ -16,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -32,13 +35,14 @@ FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 1.0
 
 
-def try_lock(path: Path) -> IO[str] | str:
-    """Take an exclusive lock on ``path`` and write our pid in it; the open file (closing it releases the
-    lock), or — when another holds it — what the holder wrote (its pid, or "unknown")."""
+def try_lock(path: Path, *, shared: bool = False) -> IO[str] | str:
+    """Take an exclusive lock on ``path`` and write our pid in it (or a shared one, which writes nothing);
+    the open file (closing it releases the lock), or — when another holds it — what the last exclusive
+    holder wrote (its pid, or "unknown")."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fh: IO[str] = path.open("a+")
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.seek(0)
         holder = fh.read().strip() or "unknown"
@@ -47,37 +51,43 @@ def try_lock(path: Path) -> IO[str] | str:
     except BaseException:
         fh.close()
         raise
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
+    if not shared:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
     return fh
 
 
-def partner_lock_path(state_dir: Path, direction: str, partner_id: str) -> Path:
-    name = f"{direction}-{partner_id}.lock"
-    if not is_safe_name(name):  # partner ids are checked when the configuration loads; never join a stray one
-        raise ValueError(f"partner id {partner_id!r} cannot name a lock file")
+def lock_path(state_dir: Path, direction: str, key: str) -> Path:
+    """``locks/<direction>-<key>.lock``; a key that is no safe file name (a job file named with spaces) is hashed."""
+    name = f"{direction}-{key}.lock"
+    if not is_safe_name(name):
+        name = f"{direction}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
     return state_dir / LOCK_DIR / name
 
 
 @contextlib.asynccontextmanager
-async def partner_turn(state_dir: Path, direction: str, partner_id: str) -> AsyncIterator[None]:
-    """Hold the ``direction`` lock for ``partner_id`` (waiting, cancellably, while another run holds it)."""
-    path = partner_lock_path(state_dir, direction, partner_id)
+async def turn(state_dir: Path, direction: str, key: str, *, shared: bool = False) -> AsyncIterator[None]:
+    """Hold the ``direction`` lock for ``key`` (waiting, cancellably, while another run holds it).
+
+    ``shared``: for work on one named document (the embedded server collecting an upload as it completes),
+    which may run beside other such work — its own per-document locks keep those apart — but not beside a run.
+    """
+    path = lock_path(state_dir, direction, key)
     delay = FIRST_POLL_SECONDS
     said = False
     while True:
-        held = await asyncio.to_thread(try_lock, path)
+        held = await asyncio.to_thread(try_lock, path, shared=shared)
         if not isinstance(held, str):
             break
         if not said:
-            # Our own daemon's jobs taking turns is routine; another process (an operator's run beside the
+            # Our own daemon's work taking turns is routine; another process (an operator's run beside the
             # daemon) is worth a line the operator sees, or their command seems to hang.
             level = logging.INFO if held == str(os.getpid()) else logging.WARNING
             log.log(
-                level, "partner %s: another %s run (pid %s) is working; this one starts when it ends (%s)",
-                partner_id, direction, held, path,
+                level, "%s %s: another run (pid %s) is working on it; this one starts when it ends (%s)",
+                direction, key, held, path,
             )  # fmt: skip
             said = True
         await asyncio.sleep(delay)
@@ -86,3 +96,12 @@ async def partner_turn(state_dir: Path, direction: str, partner_id: str) -> Asyn
         yield
     finally:
         held.close()
+
+
+@contextlib.asynccontextmanager
+async def turns(state_dir: Path, direction: str, keys: Iterable[str]) -> AsyncIterator[None]:
+    """Hold several locks, taken in sorted order (two runs wanting overlapping sets can never deadlock)."""
+    async with contextlib.AsyncExitStack() as stack:
+        for key in sorted(set(keys)):
+            await stack.enter_async_context(turn(state_dir, direction, key))
+        yield

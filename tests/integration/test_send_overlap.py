@@ -1,6 +1,6 @@
-"""Two send runs for one partner at once (the daemon's invoice and aggregation jobs, or an operator's ``send``
-while the daemon runs) must not both take the same in-flight transfer: each document sealed once, and the bytes
-on the partner's server are the bytes whose hash the ledger recorded."""
+"""Send runs beside each other — two jobs for one partner (the daemon's invoice and aggregation jobs), or an
+operator's ``send`` while the daemon runs the same job — never both take the same in-flight transfer: each
+document sealed once, and the bytes on the partner's server are the bytes whose hash the ledger recorded."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from sftp_pipeline.outbound import Outbound
-from sftp_pipeline.runlock import partner_lock_path, try_lock
+from sftp_pipeline.runlock import lock_path, try_lock
 from sftp_pipeline.runtime import open_runtime
 from tests.integration.test_send import aggregator_for, inbox
 from tests.peers.gpg import GnuPG
@@ -39,7 +39,9 @@ def _drop_both(party) -> None:
         party.drop("billing_payment", f"PAY-{n:04d}.xml", os.urandom(2048))
 
 
-def test_two_jobs_for_one_partner_in_one_process_take_turns(tmp_path: Path, sshd: Sshd, gpg: GnuPG) -> None:
+def test_two_jobs_for_one_partner_run_side_by_side_on_their_own_documents(
+    tmp_path: Path, sshd: Sshd, gpg: GnuPG
+) -> None:
     party = aggregator_for(tmp_path, sshd, (gpg, gpg.generate("Metro Utility <settlement@utility.test>")))
     _drop_both(party)
     config = party.config()
@@ -64,13 +66,11 @@ def test_two_jobs_for_one_partner_in_one_process_take_turns(tmp_path: Path, sshd
     _check_every_upload(party, sshd)
 
 
-def test_a_cli_send_while_another_process_sends_to_the_partner_waits_its_turn(
-    tmp_path: Path, sshd: Sshd, gpg: GnuPG
-) -> None:
+def test_a_cli_send_of_a_job_another_process_is_running_waits_its_turn(tmp_path: Path, sshd: Sshd, gpg: GnuPG) -> None:
     party = aggregator_for(tmp_path, sshd, (gpg, gpg.generate("Metro Utility <settlement@utility.test>")))
     _drop_both(party)
-    # This test process plays the daemon in the middle of a send run to the utility.
-    held = try_lock(partner_lock_path(party.config().state_dir, "send", "utility"))
+    # This test process plays the daemon in the middle of a run of the invoice job.
+    held = try_lock(lock_path(party.config().state_dir, "send", "invoice-out"))
     assert not isinstance(held, str)
     cli = subprocess.Popen(
         [sys.executable, "-m", "sftp_pipeline.cli", "-c", str(party.config_path), "send"],
@@ -80,7 +80,7 @@ def test_a_cli_send_while_another_process_sends_to_the_partner_waits_its_turn(
     )
     try:
         waiting = cli.stderr.readline()
-        assert f"another send run (pid {os.getpid()}) is working" in waiting, waiting
+        assert f"send invoice-out: another run (pid {os.getpid()}) is working on it" in waiting, waiting
         time.sleep(0.5)
         assert len(list(party.drop_dir("invoice").iterdir())) == DOCUMENTS  # it took nothing meanwhile
         assert party.transfers() == []
@@ -93,3 +93,20 @@ def test_a_cli_send_while_another_process_sends_to_the_partner_waits_its_turn(
     assert cli.returncode == 0, err
     assert f"{2 * DOCUMENTS} uploaded" in out
     _check_every_upload(party, sshd)
+
+
+def test_a_transfer_whose_job_is_gone_is_finished_by_a_run_for_its_partner(
+    tmp_path: Path, sshd: Sshd, gpg: GnuPG
+) -> None:
+    party = aggregator_for(tmp_path, sshd, (gpg, gpg.generate("Metro Utility <settlement@utility.test>")))
+    party.drop("invoice", "INV-1.xml", b"<Invoice/>")
+    crashed = party.cli("send", "invoice-out", env={"SFTP_PIPELINE_CRASH_AT": "after-seal"})
+    assert crashed.returncode < 0  # killed after sealing, before the upload
+    (party.directory / "jobs" / "invoice-out.toml").unlink()  # the operator retired the job meanwhile
+
+    report = party.send("billing_payment-out")
+
+    assert report.ok and report.count("uploaded") == 1
+    (transfer,) = party.transfers()
+    assert transfer.job == "invoice-out" and transfer.state == "uploaded" and transfer.archived_at
+    assert inbox(sshd) == [transfer.remote_name]

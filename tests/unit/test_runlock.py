@@ -1,9 +1,10 @@
-"""runlock: one run per partner and direction, across processes and within one."""
+"""runlock: one run per job (send) or partner (collect, receipts), across processes and within one."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.runlock import partner_lock_path, partner_turn, try_lock
+from sftp_pipeline.runlock import lock_path, try_lock, turn, turns
 
 HOLD = textwrap.dedent(
     """
@@ -27,7 +28,7 @@ HOLD = textwrap.dedent(
 
 
 def test_a_run_waits_for_another_process_and_starts_when_it_ends(tmp_path: Path, caplog) -> None:
-    path = partner_lock_path(tmp_path, "send", "utility")
+    path = lock_path(tmp_path, "send", "utility")
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)  # fmt: skip
     try:
@@ -36,7 +37,7 @@ def test_a_run_waits_for_another_process_and_starts_when_it_ends(tmp_path: Path,
 
         async def scenario() -> None:
             async def ours() -> None:
-                async with partner_turn(tmp_path, "send", "utility"):
+                async with turn(tmp_path, "send", "utility"):
                     order.append("ours")
 
             task = asyncio.create_task(ours())
@@ -50,22 +51,24 @@ def test_a_run_waits_for_another_process_and_starts_when_it_ends(tmp_path: Path,
         with caplog.at_level(logging.INFO, logger="sftp_pipeline.runlock"):
             asyncio.run(scenario())
         assert order == ["released", "ours"]
-        assert f"another send run (pid {holder.pid})" in caplog.text
+        assert f"send utility: another run (pid {holder.pid}) is working on it" in caplog.text
     finally:
         holder.kill()
         holder.communicate()  # reaps it and closes both pipes
 
 
-def test_two_runs_in_one_process_take_turns_and_other_partners_do_not_wait(tmp_path: Path) -> None:
+def test_two_runs_of_one_key_in_one_process_take_turns_and_other_keys_do_not_wait(tmp_path: Path) -> None:
     inside: list[str] = []
     overlaps: list[tuple[str, str]] = []
+    together: set[str] = set()
 
-    async def run(label: str, partner: str) -> None:
-        async with partner_turn(tmp_path, "send", partner):
-            overlaps.extend((label, other) for other in inside if other.endswith(partner))
-            inside.append(f"{label}:{partner}")
+    async def run(label: str, key: str) -> None:
+        async with turn(tmp_path, "send", key):
+            overlaps.extend((label, other) for other in inside if other.endswith(key))
+            together.update(f"{label}+{other}" for other in inside)
+            inside.append(f"{label}:{key}")
             await asyncio.sleep(0.1)
-            inside.remove(f"{label}:{partner}")
+            inside.remove(f"{label}:{key}")
 
     async def scenario() -> float:
         loop = asyncio.get_running_loop()
@@ -75,26 +78,53 @@ def test_two_runs_in_one_process_take_turns_and_other_partners_do_not_wait(tmp_p
 
     elapsed = asyncio.run(scenario())
     assert overlaps == []
-    assert elapsed >= 0.2  # a and b one after the other; c alongside
+    assert elapsed >= 0.2  # a and b one after the other
+    assert together & {"c+a:utility", "c+b:utility", "a+c:other", "b+c:other"}  # c alongside one of them
 
 
 def test_a_cancelled_wait_holds_nothing_and_a_finished_run_releases(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with partner_turn(tmp_path, "collect", "utility"):
-            waiter = asyncio.create_task(partner_turn(tmp_path, "collect", "utility").__aenter__())
+        async with turn(tmp_path, "collect", "utility"):
+            waiter = asyncio.create_task(turn(tmp_path, "collect", "utility").__aenter__())
             await asyncio.sleep(0.2)
             waiter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiter
-        async with partner_turn(tmp_path, "collect", "utility"):
+        async with turn(tmp_path, "collect", "utility"):
             pass
 
     asyncio.run(scenario())
-    held = try_lock(partner_lock_path(tmp_path, "collect", "utility"))
+    held = try_lock(lock_path(tmp_path, "collect", "utility"))
     assert not isinstance(held, str)
     held.close()
 
 
-def test_a_partner_id_that_cannot_name_a_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="cannot name a lock file"):
-        partner_lock_path(tmp_path, "send", "../etc")
+def test_a_key_that_is_no_safe_file_name_is_hashed_inside_the_lock_folder(tmp_path: Path) -> None:
+    path = lock_path(tmp_path, "send", "../invoices to utility")
+    assert path.parent == tmp_path / "locks" and path.name.startswith("send-") and ".." not in path.name
+    assert path != lock_path(tmp_path, "send", "../invoices to utility 2")
+
+
+def test_runs_wanting_overlapping_jobs_take_them_in_one_order_and_finish(tmp_path: Path) -> None:
+    async def run(keys: list[str]) -> None:
+        async with turns(tmp_path, "send", keys):
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        await asyncio.wait_for(asyncio.gather(run(["b", "a"]), run(["a", "b"]), run(["b"])), 10)
+
+    asyncio.run(scenario())  # no deadlock: both ask for "a" first
+
+
+def test_shared_holders_go_together_and_exclude_a_run(tmp_path: Path) -> None:
+    path = lock_path(tmp_path, "collect", "utility")
+    first, second = try_lock(path, shared=True), try_lock(path, shared=True)
+    assert not isinstance(first, str) and not isinstance(second, str)  # two uploads collected at once
+    assert isinstance(try_lock(path), str)  # a run waits for both
+    first.close()
+    assert isinstance(try_lock(path), str)
+    second.close()
+    run = try_lock(path)
+    assert not isinstance(run, str)
+    assert try_lock(path, shared=True) == str(os.getpid())  # an upload waits for the run, named by its pid
+    run.close()
