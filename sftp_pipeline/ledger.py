@@ -275,6 +275,10 @@ def check_transition(current: str, new: str) -> None:
         raise LedgerError(f"illegal state change {current} → {new}")
 
 
+class _Refused(Exception):
+    """A change of a group was refused: the group is applied again, each change under its own savepoint."""
+
+
 class Ledger:
     """A handle on the SQLite ledger. Not shared between threads; open one per process."""
 
@@ -383,18 +387,30 @@ class Ledger:
         the others still commit. A failing commit raises for all of them.
         """
         now = self.now()
-        outcome: list[Transfer | LedgerError | None] = []
-        with self._tx() as db:
-            for change in changes:
-                db.execute("SAVEPOINT change")
-                try:
-                    self._apply_one(db, now, change)
-                except (LedgerError, sqlite3.Error) as exc:
-                    db.execute("ROLLBACK TO change")
-                    outcome.append(self._refusal(db, change, exc))
-                else:
-                    outcome.append(None)
-                db.execute("RELEASE change")
+        outcome: list[Transfer | LedgerError | None] = [None] * len(changes)
+        try:
+            # Usually nothing is refused: all the changes at once, without a savepoint each (three statements
+            # per change, a third of the ledger's work on small documents).
+            with self._tx() as db:
+                for change in changes:
+                    try:
+                        self._apply_one(db, now, change)
+                    except (LedgerError, sqlite3.Error) as exc:
+                        raise _Refused from exc
+        except _Refused:
+            # Something was: the whole transaction was rolled back; again, each change under a savepoint.
+            outcome = []
+            with self._tx() as db:
+                for change in changes:
+                    db.execute("SAVEPOINT change")
+                    try:
+                        self._apply_one(db, now, change)
+                    except (LedgerError, sqlite3.Error) as exc:
+                        db.execute("ROLLBACK TO change")
+                        outcome.append(self._refusal(db, change, exc))
+                    else:
+                        outcome.append(None)
+                    db.execute("RELEASE change")
         rows = {t.id: t for t in self.get_many([c.transfer_id for c in changes])}
         return [o if o is not None else rows[c.transfer_id] for c, o in zip(changes, outcome, strict=True)]
 
