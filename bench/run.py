@@ -123,6 +123,14 @@ def _notes(results: list[Result]) -> list[str]:
                 f"baseline {d['baseline']['max_peak_rss_mib']} MiB (largest single process); "
                 f"median wall ours {d['ours']['median_seconds']} s, baseline {d['baseline']['median_seconds']} s."
             )
+        if "floor" in d:
+            f = d["floor"]
+            notes.append(
+                f"- small, the floor of our stack for {d['count']:,} documents: start-up {f['startup_seconds']} s + "
+                f"seal {f['seal_ms_per_document']} ms and SFTP {f['sftp_ms_per_document']} ms (CPU) per document = "
+                f"{f['total_seconds']} s, against a 4× budget of {f['budget_seconds']} s (the baseline's median / 4): "
+                f"{f['total_seconds'] / f['budget_seconds']:.0%} of it before claiming, ledger, fsyncs and archiving."
+            )
         if "p50_seconds" in d:
             notes.append(
                 f"- watch: {d['count']} files, stability window {d['stable_seconds']} s: p50 {d['p50_seconds']} s, "
