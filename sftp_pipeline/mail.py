@@ -49,11 +49,13 @@ from .errors import PipelineError
 from .faults import crash_point
 from .fsutil import fsync_dir, remove_stale_temps
 from .keys import Passphrase, read_passphrase
+from .runlock import hold
 
 log = logging.getLogger(__name__)
 
 OUTBOX_DIR_NAME = "outbox-mail"  # under state_dir
 FAILED_DIR_NAME = "failed"  # under the outbox: refused for good, kept with a .reason file
+FLUSH_LOCK = ".flush.lock"  # in the outbox: held while it is sent (not an .eml: never taken for a message)
 QUEUE_SUFFIX = ".eml"
 REASON_SUFFIX = ".reason"
 # Why a private header: a report partly refused (some recipients 4xx) is re-queued for just those
@@ -529,7 +531,18 @@ def _settle_refused(
 
 
 def flush(queue: MailQueue, smtp: Smtp, *, password: Passphrase | None) -> SendResult:
-    """Send every queued message, oldest first; stop at the first server-wide problem (it would repeat)."""
+    """Send every queued message, oldest first; stop at the first server-wide problem (it would repeat).
+
+    One flush at a time (the daemon's report job, an operator's ``report --email``): two would both send every
+    queued message, and settlement staff would get each report twice.
+    """
+    if not queue.directory.is_dir():
+        return _flush(queue, smtp, password=password)  # nothing queued, ever: nothing to guard (or to create)
+    with hold(queue.directory / FLUSH_LOCK, f"sending the mail outbox {queue.directory}"):
+        return _flush(queue, smtp, password=password)
+
+
+def _flush(queue: MailQueue, smtp: Smtp, *, password: Passphrase | None) -> SendResult:
     result = SendResult()
     for stale in remove_stale_temps(queue.directory):
         log.info("removed %s, left by a process killed while queueing a mail", stale)

@@ -21,7 +21,7 @@ import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -105,3 +105,27 @@ async def turns(state_dir: Path, direction: str, keys: Iterable[str]) -> AsyncIt
         for key in sorted(set(keys)):
             await stack.enter_async_context(turn(state_dir, direction, key))
         yield
+
+
+@contextlib.contextmanager
+def hold(path: Path, what: str) -> Iterator[None]:
+    """Hold ``path``'s exclusive lock, blocking while another holds it — for work that already runs in a worker
+    thread (sending the mail outbox). Says once what it waits for."""
+    held = try_lock(path)
+    if isinstance(held, str):
+        log.warning("%s: another run (pid %s) is at it; waiting for it to finish (%s)", what, held, path)
+        fh: IO[str] = path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except BaseException:
+            fh.close()
+            raise
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        held = fh
+    try:
+        yield
+    finally:
+        held.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -284,3 +285,17 @@ def test_email_report_queues_before_reading_the_password(
     again = email_report(None, smtp, queue)
     assert again.ok and again.sent == result.queued
     check_report(smtp_peer)
+
+
+def test_two_flushes_at_once_send_each_queued_report_once(smtp_peer: SmtpPeer, queue: MailQueue) -> None:
+    """The daemon's report job and an operator's `report --email` emptying the outbox at the same moment."""
+    smtp = smtp_peer.smtp()
+    sent_ids = {queue.load(queue.put(build_message(report(f"r{n}"), smtp)))["Message-ID"] for n in range(4)}
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: send(smtp, queue, None), range(2)))
+
+    assert all(r.error is None for r in results), [r.error for r in results]
+    assert sorted(name for r in results for name in r.sent) == sorted(set(n for r in results for n in r.sent))
+    assert sum(len(r.sent) for r in results) == 4
+    assert sorted(got.message()["Message-ID"] for got in smtp_peer.received) == sorted(sent_ids)
+    assert queue.pending() == []
