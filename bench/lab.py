@@ -35,9 +35,14 @@ class Sample:
 
     seconds: float
     peak_rss_kib: int  # the largest resident set of any process in the step, as the kernel reports it
+    cpu_seconds: float = 0.0  # user + system CPU of the process and every child it waited for
 
     def __add__(self, other: Sample) -> Sample:
-        return Sample(self.seconds + other.seconds, max(self.peak_rss_kib, other.peak_rss_kib))
+        return Sample(
+            self.seconds + other.seconds,
+            max(self.peak_rss_kib, other.peak_rss_kib),
+            self.cpu_seconds + other.cpu_seconds,
+        )
 
 
 TIME = shutil.which("time", path="/usr/bin:/bin")  # GNU time (apt-get install time): the child's own peak RSS
@@ -68,7 +73,14 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log: Path | No
         tail = log.read_text(errors="replace")[-2000:] if log else ""
         raise RuntimeError(f"{' '.join(cmd[:6])}… exited {proc.returncode}\n{tail}")
     peak = int(text.splitlines()[-1]) if TIME and text else int(usage.ru_maxrss)  # both in KiB on Linux
-    return Sample(seconds, peak)
+    # wait4's usage covers the child and every descendant it waited for (GNU time, our CLI, gpg, sftp).
+    return Sample(seconds, peak, usage.ru_utime + usage.ru_stime)
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of a running process and of the children it has reaped (sshd and its finished sessions)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
 
 
 @dataclass
@@ -91,6 +103,11 @@ class Lab:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "COLUMNS": "200"}
+
+    @property
+    def sshd_pid(self) -> int:
+        assert self.sshd.process is not None, "the lab's sshd is not running"
+        return self.sshd.process.pid
 
     # -- the shell baseline -----------------------------------------------------------------------
 

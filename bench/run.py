@@ -129,7 +129,10 @@ def _notes(results: list[Result]) -> list[str]:
                 f"- small, the floor of our stack for {d['count']:,} documents: start-up {f['startup_seconds']} s + "
                 f"seal {f['seal_ms_per_document']} ms and SFTP {f['sftp_ms_per_document']} ms (CPU) per document = "
                 f"{f['total_seconds']} s, against a 4× budget of {f['budget_seconds']} s (the baseline's median / 4): "
-                f"{f['total_seconds'] / f['budget_seconds']:.0%} of it before claiming, ledger, fsyncs and archiving."
+                f"{f['total_seconds'] / f['budget_seconds']:.0%} of it before claiming, ledger, fsyncs and archiving. "
+                f"A whole run needs {f['cpu_ours_plus_sshd_seconds']} s of CPU (ours and sshd's): on "
+                f"{os.cpu_count()} cores no split of the work finishes it in less than "
+                f"{f['cpu_ours_plus_sshd_seconds'] / (os.cpu_count() or 1):.2f} s."
             )
         if "p50_seconds" in d:
             notes.append(
