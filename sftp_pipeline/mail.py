@@ -49,13 +49,12 @@ from .errors import PipelineError
 from .faults import crash_point
 from .fsutil import fsync_dir, remove_stale_temps
 from .keys import Passphrase, read_passphrase
-from .runlock import hold
+from .runlock import hold, lock_path
 
 log = logging.getLogger(__name__)
 
 OUTBOX_DIR_NAME = "outbox-mail"  # under state_dir
 FAILED_DIR_NAME = "failed"  # under the outbox: refused for good, kept with a .reason file
-FLUSH_LOCK = ".flush.lock"  # in the outbox: held while it is sent (not an .eml: never taken for a message)
 QUEUE_SUFFIX = ".eml"
 REASON_SUFFIX = ".reason"
 # Why a private header: a report partly refused (some recipients 4xx) is re-queued for just those
@@ -538,7 +537,8 @@ def flush(queue: MailQueue, smtp: Smtp, *, password: Passphrase | None) -> SendR
     """
     if not queue.directory.is_dir():
         return _flush(queue, smtp, password=password)  # nothing queued, ever: nothing to guard (or to create)
-    with hold(queue.directory / FLUSH_LOCK, f"sending the mail outbox {queue.directory}"):
+    flushing = lock_path(queue.directory.parent, "mail", queue.directory.name)  # state/locks/mail-outbox-mail.lock
+    with hold(flushing, f"sending the mail outbox {queue.directory}"):
         return _flush(queue, smtp, password=password)
 
 
