@@ -43,7 +43,7 @@ from .keys import OurKeys, load_partner_cert
 from .ledger import Change, DuplicateContent, Ledger, Transfer
 from .names import new_transfer_id, sealed_name
 from .openpgp import SealKeys, check_seal_keys, seal
-from .runlock import lock_path, try_lock, turns
+from .runlock import lock_path, try_hold, turns
 from .service import Service, TransportFactory
 from .transport import Progress, Transport
 from .transport.sftp import SMALL_FILE_BYTES
@@ -141,12 +141,8 @@ class Outbound(Service):
         # by finishing its jobs' unfinished transfers, and two runs would both take a document in flight.
         # Transfers of a job no longer configured for this partner go to whichever run holds its "orphans" lock.
         async with turns(self.config.state_dir, "send", [job.name for job in jobs]):
-            orphans = try_lock(lock_path(self.config.state_dir, "orphans", partner.id))
-            try:
-                await self._send_to(partner, jobs, report, retry_failed, orphans=not isinstance(orphans, str))
-            finally:
-                if not isinstance(orphans, str):
-                    orphans.close()
+            with try_hold(lock_path(self.config.state_dir, "orphans", partner.id)) as orphans:
+                await self._send_to(partner, jobs, report, retry_failed, orphans=orphans)
 
     async def _send_to(
         self, partner: Partner, jobs: list[SendJob], report: SendReport, retry_failed: bool, *, orphans: bool

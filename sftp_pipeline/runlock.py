@@ -52,11 +52,27 @@ def try_lock(path: Path, *, shared: bool = False) -> IO[str] | str:
         fh.close()
         raise
     if not shared:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+        _sign(fh)
     return fh
+
+
+def _sign(fh: IO[str]) -> None:
+    """Write our pid into a lock file we hold exclusively: whoever waits for it can say for whom."""
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+
+
+@contextlib.contextmanager
+def try_hold(path: Path) -> Iterator[bool]:
+    """Hold ``path``'s exclusive lock if it is free (True), or go on without it (False); never waits."""
+    held = try_lock(path)
+    try:
+        yield not isinstance(held, str)
+    finally:
+        if not isinstance(held, str):
+            held.close()
 
 
 def lock_path(state_dir: Path, direction: str, key: str) -> Path:
@@ -120,10 +136,7 @@ def hold(path: Path, what: str) -> Iterator[None]:
         except BaseException:
             fh.close()
             raise
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+        _sign(fh)
         held = fh
     try:
         yield

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.runlock import lock_path, try_lock, turn, turns
+from sftp_pipeline.runlock import lock_path, try_hold, try_lock, turn, turns
 
 HOLD = textwrap.dedent(
     """
@@ -128,3 +128,11 @@ def test_shared_holders_go_together_and_exclude_a_run(tmp_path: Path) -> None:
     assert not isinstance(run, str)
     assert try_lock(path, shared=True) == str(os.getpid())  # an upload waits for the run, named by its pid
     run.close()
+
+
+def test_try_hold_takes_a_free_lock_and_goes_on_without_a_busy_one(tmp_path: Path) -> None:
+    path = lock_path(tmp_path, "orphans", "utility")
+    with try_hold(path) as first, try_hold(path) as second:
+        assert first and not second
+    with try_hold(path) as again:
+        assert again  # released on leaving
