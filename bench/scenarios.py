@@ -264,7 +264,7 @@ def receive_v2_memory(lab: Lab, size_mib: int) -> Result:
 
 
 def _inbound_engine(party: Any) -> list[str]:
-    from sftp_pipeline.runtime import open_ledger
+    from sftp_pipeline.wiring import open_ledger
 
     with open_ledger(party.config()) as ledger:
         return [f"{r.state} {r.engine}" for r in ledger.inbound_recent()]
@@ -340,7 +340,7 @@ def small_floor(lab: Lab, repeat: int, count: int = SMALL_COUNT) -> dict[str, fl
     """
     from sftp_pipeline.keys import load_partner_cert
     from sftp_pipeline.openpgp import check_seal_keys, seal
-    from sftp_pipeline.runtime import open_runtime
+    from sftp_pipeline.wiring import open_runtime
 
     startup = _median([measure(lab.cli(lab.party, "send", "small"), env=lab.env(), log=lab.log).seconds
                        for _ in range(repeat)])  # fmt: skip
@@ -392,7 +392,7 @@ def small_floor(lab: Lab, repeat: int, count: int = SMALL_COUNT) -> dict[str, fl
 def _fill_ledger(path: Path, count: int, now: datetime) -> None:
     """``count`` outbound transfers shaped like real ones (most receipted, some pending, some rejected),
     each with its receipt record, in one transaction. A benchmark shortcut: the ledger API would take minutes."""
-    from sftp_pipeline.ledger import timestamp
+    from sftp_pipeline.ledger.sqlite import timestamp
 
     types = ["invoice", "transaction_confirmation", "aggregation_data", "billing_payment", "outage_info"]
     transfers, receipts = [], []
@@ -440,9 +440,9 @@ def _fill_ledger(path: Path, count: int, now: datetime) -> None:
 def reconcile(lab: Lab, repeat: int, count: int = RECONCILE_COUNT) -> Result:
     from zoneinfo import ZoneInfo
 
-    from sftp_pipeline.reconcile import from_ledger
-    from sftp_pipeline.report import render_csv, render_html
-    from sftp_pipeline.runtime import open_ledger
+    from sftp_pipeline.proof.reconcile import from_ledger
+    from sftp_pipeline.reporting.render import render_csv, render_html
+    from sftp_pipeline.wiring import open_ledger
 
     # A party of its own, so that the other scenarios' transfers do not join the count.
     party = make_party(

@@ -32,14 +32,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from . import sshalgs
-from .config import Config, Partner
-from .errors import PipelineError
-from .keys import KeyRow, list_keys, load_our_keys, load_partner_cert, read_passphrase
-from .openpgp import CertInfo, check_cert, describe_cert
-from .server import HOSTED_DIRS
-from .transport import Transport
-from .transport.sftp import SftpTransport
+from sftp_pipeline.config import Config, Partner
+from sftp_pipeline.errors import PipelineError
+from sftp_pipeline.keys import KeyRow, list_keys, load_our_keys, load_partner_cert, read_passphrase
+from sftp_pipeline.openpgp import CertInfo, check_cert, describe_cert
+from sftp_pipeline.server.embedded import HOSTED_DIRS
+from sftp_pipeline.transport import Transport, sshalgs
+from sftp_pipeline.transport.sftp import SftpTransport
 
 # The prefix of a detail that is fine today but needs action soon (the row is still ok).
 WARNING = "WARNING"

@@ -20,12 +20,12 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from typer.exceptions import TyperException
 
-from . import __version__
-from .clock import utc_now
-from .config import DEFAULT_CONFIG_NAME, Config, load_config
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
-from .reconcile import Reconciliation
-from .transport import Progress as ProgressCallback
+from sftp_pipeline import __version__
+from sftp_pipeline.clock import utc_now
+from sftp_pipeline.config import DEFAULT_CONFIG_NAME, Config, load_config
+from sftp_pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
+from sftp_pipeline.proof.reconcile import Reconciliation
+from sftp_pipeline.transport import Progress as ProgressCallback
 
 app = typer.Typer(
     name="sftp-pipeline",
@@ -65,7 +65,7 @@ def _global(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
     log_json: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
 ) -> None:
-    from .runtime import setup_logging
+    from sftp_pipeline.wiring import setup_logging
 
     state.config_path = config
     setup_logging(log_level, log_json)
@@ -108,8 +108,8 @@ def send(
     retry_failed: Annotated[bool, typer.Option(help="Put failed transfers back in the queue first.")] = False,
 ) -> None:
     """Take documents from the drop folders, seal them and upload them to the partners."""
-    from .outbound import Outbound
-    from .runtime import open_runtime
+    from sftp_pipeline.flows.send import Outbound
+    from sftp_pipeline.wiring import open_runtime
 
     config = _config()
     selected = config.jobs_of("send", jobs)
@@ -180,8 +180,8 @@ def collect(
     jobs: Annotated[list[str] | None, typer.Argument(help="Collect jobs to run (default: all collect jobs).")] = None,
 ) -> None:
     """Take partners' documents, open and verify them, deliver the plaintext and answer with signed receipts."""
-    from .inbound import Collector
-    from .runtime import open_runtime
+    from sftp_pipeline.flows.collect import Collector
+    from sftp_pipeline.wiring import open_runtime
 
     config = _config()
     selected = config.jobs_of("collect", jobs)
@@ -201,8 +201,8 @@ def receipts(
     jobs: Annotated[list[str] | None, typer.Argument(help="Receipts jobs to run (default: all).")] = None,
 ) -> None:
     """Pull partners' signed receipts for what we sent, verify them and settle each transfer."""
-    from .receipt_pull import ReceiptPuller
-    from .runtime import open_runtime
+    from sftp_pipeline.flows.receipt_pull import ReceiptPuller
+    from sftp_pipeline.wiring import open_runtime
 
     config = _config()
     selected = config.jobs_of("receipts", jobs)
@@ -223,9 +223,9 @@ def serve() -> None:
     When a collect job exists for a partner, each completed upload is collected at once, so its receipt
     carries the moment the upload completed.
     """
-    from .inbound import Collector, collect_on_upload
-    from .runtime import open_runtime
-    from .server import EmbeddedServer
+    from sftp_pipeline.flows.collect import Collector, collect_on_upload
+    from sftp_pipeline.server.embedded import EmbeddedServer
+    from sftp_pipeline.wiring import open_runtime
 
     config = _config()
     if config.server is None:
@@ -260,7 +260,7 @@ def serve() -> None:
 def check() -> None:
     """Check every partner: connect, verify the host key, list the remote folders, check both parties' keys,
     and say whether the key exchange was post-quantum. Exit 1 on any problem."""
-    from .check import run_checks
+    from sftp_pipeline.check import run_checks
 
     config = _config()
     results = asyncio.run(run_checks(config, now=utc_now()))
@@ -278,7 +278,7 @@ def check() -> None:
 @app.command()
 def run() -> None:
     """The daemon: schedules, watched drop folders and the embedded SFTP server in one process (SIGTERM stops it)."""
-    from .daemon import run_daemon
+    from sftp_pipeline.daemon.main import run_daemon
 
     run_daemon(_config())
 
@@ -289,8 +289,8 @@ def status(
     partner: Annotated[str | None, typer.Option(help="Only this partner.")] = None,
 ) -> None:
     """Show recent transfers and their state."""
-    from .reconcile import from_ledger, last_report_until
-    from .runtime import open_ledger
+    from sftp_pipeline.proof.reconcile import from_ledger, last_report_until
+    from sftp_pipeline.wiring import open_ledger
 
     config = _config()
     with open_ledger(config) as ledger:
@@ -341,8 +341,8 @@ def status(
 
 
 def _since(value: str | None, ledger: object) -> datetime | None:
-    from .clock import parse_rfc3339
-    from .reconcile import last_report_until
+    from sftp_pipeline.clock import parse_rfc3339
+    from sftp_pipeline.proof.reconcile import last_report_until
 
     if value is None:
         return last_report_until(ledger)  # type: ignore[arg-type]
@@ -387,7 +387,7 @@ def _print_reconciliation(rec: Reconciliation) -> None:
 
 
 def line_time(moment: datetime) -> str:
-    from .clock import rfc3339
+    from sftp_pipeline.clock import rfc3339
 
     return rfc3339(moment)
 
@@ -399,8 +399,8 @@ def reconcile(
     ] = None,
 ) -> None:
     """Classify every document sent and received: delivered, pending, overdue, rejected, mismatch…"""
-    from .reconcile import from_ledger
-    from .runtime import open_ledger
+    from sftp_pipeline.proof.reconcile import from_ledger
+    from sftp_pipeline.wiring import open_ledger
 
     config = _config()
     with open_ledger(config) as ledger:
@@ -418,8 +418,8 @@ def report(
     ] = False,
 ) -> None:
     """Write the signed reconciliation report (HTML + CSV) and optionally email it to settlement staff."""
-    from .reporting import produce_report
-    from .runtime import open_runtime
+    from sftp_pipeline.reporting.produce import produce_report
+    from sftp_pipeline.wiring import open_runtime
 
     config = _config()
     if email and config.smtp is None:
@@ -447,8 +447,8 @@ def report(
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Check the audit log: any edit, deletion, insertion, reordering or truncation is named by line."""
-    from .audit import verify_log
-    from .runtime import open_ledger
+    from sftp_pipeline.proof.audit import verify_log
+    from sftp_pipeline.wiring import open_ledger
 
     config = _config()
     with open_ledger(config) as ledger:  # read only: a sync would refuse a cut log and repair a torn line
@@ -469,7 +469,7 @@ def evidence(
 ) -> None:
     """`evidence TRANSFER_ID -o FILE` writes a self-contained proof of delivery; `evidence verify FILE` checks one
     offline (signatures, hashes, audit chain) and says what it proves."""
-    from .evidence import build_evidence, verify_evidence
+    from sftp_pipeline.proof.evidence import build_evidence, verify_evidence
 
     if what == "verify":
         if bundle is None:
@@ -483,7 +483,7 @@ def evidence(
         if not result.ok:
             raise typer.Exit(EXIT_FAILED)
         return
-    from .runtime import open_ledger
+    from sftp_pipeline.wiring import open_ledger
 
     config = _config()
     target = output or Path(f"evidence-{what}.zip")
@@ -505,7 +505,7 @@ def keys_generate(
     force: Annotated[bool, typer.Option(help="Overwrite existing keys.")] = False,
 ) -> None:
     """Create our OpenPGP key and SSH identity (and the embedded server's host key)."""
-    from .keys import generate_keys, passphrase_from_env
+    from sftp_pipeline.keys import generate_keys, passphrase_from_env
 
     if directory is None or party_id is None or name is None:
         config = _config()
@@ -525,7 +525,7 @@ def keys_generate(
 @keys_app.command("list")
 def keys_list() -> None:
     """Show our keys and every partner's: algorithms, fingerprints, expiry, post-quantum or not."""
-    from .keys import list_keys
+    from sftp_pipeline.keys import list_keys
 
     config = _config()
     rows = list_keys(config, utc_now())
@@ -553,7 +553,7 @@ def demo(
     size_mb: Annotated[int, typer.Option(help="Size of the sample aggregation file, in MB.")] = 100,
 ) -> None:
     """Two parties on loopback: the aggregator seals and pushes samples into the utility's embedded server."""
-    from .demo import run_demo
+    from sftp_pipeline.demo.run import run_demo
 
     ok = run_demo(directory, size_mb=size_mb, console=console)
     if not ok:

@@ -23,14 +23,12 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from sftp_pipeline.errors import ConfigError
 
 DOCUMENT_TYPES = frozenset(
     {"transaction_confirmation", "invoice", "billing_payment", "outage_info", "aggregation_data"}
 )
-DocumentType = Literal[
-    "transaction_confirmation", "invoice", "billing_payment", "outage_info", "aggregation_data"
-]
+DocumentType = Literal["transaction_confirmation", "invoice", "billing_payment", "outage_info", "aggregation_data"]
 PartyId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
 RemoteDir = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
 
@@ -144,7 +142,8 @@ class Partner(_Model):
             if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
                 raise ValueError(f"{key[:40]!r}… is not an OpenSSH public key line (as in id_ed25519.pub)")
             if fields[0].startswith(("ecdsa-", "sk-ecdsa-")):
-                # Our server no longer accepts NIST-curve signatures (sshalgs.py, ssh-audit's hardened policy).
+                # Our server no longer accepts NIST-curve signatures (transport/sshalgs.py, ssh-audit's hardened
+                # policy).
                 raise ValueError(
                     f"{fields[0]} key {key[:40]!r}…: NIST-curve (ECDSA) logins are refused by our hardened SSH "
                     "policy; ask the partner for an Ed25519 key (`ssh-keygen -t ed25519`) or RSA ≥ 3072 bits"
@@ -235,12 +234,11 @@ class _Scheduled(_Model):
             raise ValueError(f"unknown time zone {zone!r}; use an IANA name such as 'America/Chicago'") from None
         return zone
 
-
     @model_validator(mode="after")
     def _cron(self) -> _Scheduled:
         """Check the schedule with crontab's own meaning (0 and 7 are Sunday) and that it ever fires."""
         if self.schedule is not None:
-            from .scheduler import CronSchedule
+            from sftp_pipeline.daemon.scheduler import CronSchedule
 
             try:
                 CronSchedule(self.schedule, self.timezone)
@@ -403,8 +401,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: configuration file not found; create it (see docs/configuration.md) "
-            "or pass --config FILE"
+            f"{path}: configuration file not found; create it (see docs/configuration.md) or pass --config FILE"
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc

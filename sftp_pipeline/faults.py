@@ -17,23 +17,23 @@ AFTER_ENV = "SFTP_PIPELINE_CRASH_AFTER"
 
 POINTS = frozenset(
     {
-        # send (outbound.py, transport/)
+        # send (flows/send.py, transport/)
         "after-claim",  # ledger row written, file moved to work
         "after-seal",  # sealed file written and recorded
         "mid-upload",  # the first block of the remote temporary file is written, not yet renamed
         "after-upload",  # renamed to the final remote name, ledger not yet updated
         "after-ledger-upload",  # ledger says uploaded, originals not yet archived
-        # collect (inbound.py, transport/)
+        # collect (flows/collect.py, transport/)
         "mid-download",  # the first block of a download is in the local temporary file
         "after-deliver",  # plaintext released into the delivery folder, the receipt not yet recorded
         "after-receipt-recorded",  # accepted/rejected and the signed receipt are in the ledger, not yet sent
         "after-receipt-sent",  # receipt files are on the partner's side, the document not yet removed there
-        # receipts (receipt_pull.py)
+        # receipts (flows/receipt_pull.py)
         "after-receipt-download",  # a receipt pair is in staging, not yet verified or settled
         "mid-settle",  # the transfer is settled in the ledger, its receipt not yet stored or recorded
         "after-settle",  # the transfer is settled and the receipt stored, the remote pair not yet removed
         "mid-receipt-remove",  # the pair's .sig removed from the partner's folder, its .json not yet
-        # report (reporting.py, mail.py)
+        # report (reporting/produce.py, reporting/mail.py)
         "after-report-written",  # the signed report is on disk, its mail not yet queued
         "after-report-queued",  # the report mail is in the outbox, the period not yet marked reported
         "mid-email",  # the SMTP session is open (TLS, login done), the message not yet accepted

@@ -28,10 +28,10 @@ import asyncssh
 import pysequoia
 from pysequoia.packet import PacketPile, Tag
 
-from .clock import rfc3339
-from .config import Config, Partner, Secret
-from .errors import ConfigError, KeyError_
-from .openpgp import CertInfo, SigningKey, check_cert, describe_cert
+from sftp_pipeline.clock import rfc3339
+from sftp_pipeline.config import Config, Partner, Secret
+from sftp_pipeline.errors import ConfigError, KeyError_
+from sftp_pipeline.openpgp import CertInfo, SigningKey, check_cert, describe_cert
 
 # The environment variable `sftp-pipeline keys generate` reads a new key's passphrase from.
 PASSPHRASE_ENV = "SFTP_PIPELINE_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret

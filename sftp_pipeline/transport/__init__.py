@@ -66,9 +66,7 @@ class Transport(abc.ABC):
     session: SessionInfo
 
     @abc.abstractmethod
-    async def put_atomic(
-        self, local: Path, directory: str, name: str, progress: Progress | None = None
-    ) -> PutResult:
+    async def put_atomic(self, local: Path, directory: str, name: str, progress: Progress | None = None) -> PutResult:
         """Upload ``local`` to ``directory/name`` via a temporary name and a rename."""
 
     @abc.abstractmethod

@@ -17,10 +17,10 @@ import stat as stat_mod
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from .. import config, errors, names
-from ..faults import crash_point
-from ..fsutil import fsync_dir
-from . import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
+from sftp_pipeline import config, errors, names
+from sftp_pipeline.faults import crash_point
+from sftp_pipeline.fsutil import fsync_dir
+from sftp_pipeline.transport import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
 
 log = logging.getLogger(__name__)
 
@@ -208,5 +208,3 @@ async def _copy(src: BinaryIO, dst: BinaryIO, progress: Progress | None, tee: Te
         total += len(chunk)
         if progress is not None:
             progress(len(chunk))
-
-

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .. import config, errors
-from . import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
+from sftp_pipeline import config, errors
+from sftp_pipeline.transport import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
 
 log = logging.getLogger(__name__)
 

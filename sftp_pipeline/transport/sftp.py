@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from .. import config, errors, names, sshalgs
-from ..faults import crash_point
-from ..fsutil import fsync_dir
-from . import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
+from sftp_pipeline import config, errors, names
+from sftp_pipeline.faults import crash_point
+from sftp_pipeline.fsutil import fsync_dir
+from sftp_pipeline.transport import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport, sshalgs
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from sftp_pipeline.names import is_temporary
-from sftp_pipeline.receipts import receipt_file_names
-from sftp_pipeline.runtime import LEDGER_NAME
+from sftp_pipeline.proof.receipts import receipt_file_names
+from sftp_pipeline.wiring import LEDGER_NAME
 from tests.peers.parties import Party
 
 REMOTE_FOLDERS = ("inbox", "outbox", "receipts-in", "receipts-out")

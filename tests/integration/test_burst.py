@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.config import SendJob
+from sftp_pipeline.daemon.watcher import DropWatcher
+from sftp_pipeline.flows.send import Outbound, SendReport
 from sftp_pipeline.names import parse_sealed_name
-from sftp_pipeline.outbound import Outbound, SendReport
-from sftp_pipeline.runtime import open_runtime
-from sftp_pipeline.watcher import DropWatcher
+from sftp_pipeline.wiring import open_runtime
 from tests.peers.parties import make_party
 
 BURST = 20_000
@@ -64,7 +64,10 @@ def percentile(values: list[float], fraction: float) -> float:
 @pytest.mark.parametrize("count", [SHORT_BURST, pytest.param(BURST, marks=pytest.mark.slow)])
 def test_a_burst_is_picked_up_exactly_once_each(tmp_path: Path, partner_cert: bytes, count: int) -> None:
     party = make_party(
-        tmp_path / "utility", "utility", partner_id="aggregator", partner_cert=partner_cert,
+        tmp_path / "utility",
+        "utility",
+        partner_id="aggregator",
+        partner_cert=partner_cert,
         jobs={"invoices": {"document_type": "invoice", "watch": True, "stable_seconds": STABLE}},
     )
     config = party.config()
@@ -94,7 +97,12 @@ def test_a_burst_is_picked_up_exactly_once_each(tmp_path: Path, partner_cert: by
             try:
                 started = time.monotonic()
                 exporter = await asyncio.create_subprocess_exec(
-                    sys.executable, "-c", EXPORTER, str(job.source), str(count), str(times),
+                    sys.executable,
+                    "-c",
+                    EXPORTER,
+                    str(job.source),
+                    str(count),
+                    str(times),
                 )
                 if await exporter.wait() != 0:
                     pytest.fail(f"the exporter failed with exit code {exporter.returncode}")

@@ -12,7 +12,7 @@ import pysequoia
 import pytest
 
 from sftp_pipeline.names import new_transfer_id
-from sftp_pipeline.receipts import receipt_file_names, verify_receipt
+from sftp_pipeline.proof.receipts import receipt_file_names, verify_receipt
 from tests.peers.gpg import GnuPG
 from tests.peers.parties import Party, make_party
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.ledger import Ledger
+from sftp_pipeline.ledger.sqlite import Ledger
 from tests.peers.gpg import GnuPG
 from tests.peers.parties import Party, make_party
 from tests.peers.sshd import Sshd

@@ -13,10 +13,10 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sftp_pipeline import sshalgs
 from sftp_pipeline.clock import utc_now
 from sftp_pipeline.config import load_config
 from sftp_pipeline.keys import load_our_keys
+from sftp_pipeline.transport import sshalgs
 from tests.conftest import require_tool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -144,9 +144,10 @@ def test_the_staging_setup_writes_configurations_that_load_with_usable_keys(tmp_
     assert legacy is not None and legacy.host == "openssh"
     openssh_key = (tmp_path / "openssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
     assert openssh_key in legacy.host_keys[0]
-    assert utility.partners["aggregator"].ssh_login_keys[0].split()[1] in (
-        tmp_path / "openssh" / "aggregator.authorized_keys"
-    ).read_text()
+    assert (
+        utility.partners["aggregator"].ssh_login_keys[0].split()[1]
+        in (tmp_path / "openssh" / "aggregator.authorized_keys").read_text()
+    )
     assert {j.kind for j in aggregator.jobs.values()} == {"send", "collect", "receipts"}
 
 
@@ -179,7 +180,9 @@ def test_the_partner_sshd_config_allows_only_our_algorithms_and_confines_partner
     }
     for name, ours in allowed.items():
         listed = directives[name][0].split(",")
-        assert set(listed) <= ours, f"{name} lists {set(listed) - ours}, which sftp_pipeline/sshalgs.py refuses"
+        assert set(listed) <= ours, (
+            f"{name} lists {set(listed) - ours}, which sftp_pipeline/transport/sshalgs.py refuses"
+        )
     assert directives["KexAlgorithms"][0].split(",")[0] in sshalgs.PQ_KEX  # post-quantum first
     match = text[text.index("Match Group sftp-partners") :]
     assert "ChrootDirectory /srv/sftp/%u" in match and "ForceCommand internal-sftp -d /" in match

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.audit import verify_log
-from sftp_pipeline.evidence import build_evidence, verify_evidence
-from sftp_pipeline.receipts import receipt_file_names
-from sftp_pipeline.runtime import open_ledger
+from sftp_pipeline.proof.audit import verify_log
+from sftp_pipeline.proof.evidence import build_evidence, verify_evidence
+from sftp_pipeline.proof.receipts import receipt_file_names
+from sftp_pipeline.wiring import open_ledger
 from tests.integration.test_exchange import INVOICE, pair_over_sshd
 from tests.peers.parties import Party
 from tests.peers.sshd import Sshd

@@ -15,13 +15,13 @@ from pathlib import Path
 import pgpy
 import pytest
 
-from sftp_pipeline.inbound import Collector
+from sftp_pipeline.flows.collect import Collector
+from sftp_pipeline.flows.send import Outbound
 from sftp_pipeline.names import new_transfer_id
-from sftp_pipeline.outbound import Outbound
-from sftp_pipeline.receipts import receipt_file_names
-from sftp_pipeline.runtime import open_runtime
-from sftp_pipeline.server import EmbeddedServer
+from sftp_pipeline.proof.receipts import receipt_file_names
+from sftp_pipeline.server.embedded import EmbeddedServer
 from sftp_pipeline.transport.local import LocalTransport
+from sftp_pipeline.wiring import open_runtime
 from tests.peers.gpg import GnuPG
 from tests.peers.parties import Party, make_party
 from tests.peers.sshd import Sshd, free_port

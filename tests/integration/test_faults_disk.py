@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.outbound import Outbound, SendReport
-from sftp_pipeline.runtime import open_runtime
-from sftp_pipeline.server import EmbeddedServer
+from sftp_pipeline.flows.send import Outbound, SendReport
+from sftp_pipeline.server.embedded import EmbeddedServer
+from sftp_pipeline.wiring import open_runtime
 from tests.peers.embedded import EmbeddedPeer, paramiko_sftp
 from tests.peers.parties import Party, make_party
 from tests.peers.sshd import free_port
@@ -50,8 +50,13 @@ def assert_clear(detail: str, name: str, directory: Path) -> None:
 
 def hosting_utility(tmp_path: Path, cert: bytes) -> Party:
     """We are the utility; the aggregator is hosted by us, so a send lands in a local outbox (LocalTransport)."""
-    return make_party(tmp_path / "utility", "utility", partner_id="aggregator", partner_cert=cert,
-                      jobs={"invoices": {"document_type": "invoice"}})
+    return make_party(
+        tmp_path / "utility",
+        "utility",
+        partner_id="aggregator",
+        partner_cert=cert,
+        jobs={"invoices": {"document_type": "invoice"}},
+    )
 
 
 def test_a_full_work_area_while_sealing_keeps_the_document_and_sends_it_once_later(
@@ -123,14 +128,28 @@ def test_a_full_upload_area_on_the_embedded_server_fails_cleanly_and_delivers_on
     tmp_path: Path, small_tmpfs: MountTmpfs
 ) -> None:
     port = free_port()
-    utility = make_party(tmp_path / "utility", "utility", partner_id="aggregator", partner_cert=b"",
-                         server_port=port, login_keys=[PLACEHOLDER], jobs={})
+    utility = make_party(
+        tmp_path / "utility",
+        "utility",
+        partner_id="aggregator",
+        partner_cert=b"",
+        server_port=port,
+        login_keys=[PLACEHOLDER],
+        jobs={},
+    )
     host_key = " ".join(utility.keys.host_key_public.read_text().split()[:2])
     aggregator = make_party(
-        tmp_path / "aggregator", "aggregator", partner_id="utility",
+        tmp_path / "aggregator",
+        "aggregator",
+        partner_id="utility",
         partner_cert=utility.keys.openpgp_cert.read_bytes(),
-        sftp={"host": "127.0.0.1", "port": port, "user": "aggregator", "attempts": 1,
-              "host_keys": [f"[127.0.0.1]:{port} {host_key}"]},
+        sftp={
+            "host": "127.0.0.1",
+            "port": port,
+            "user": "aggregator",
+            "attempts": 1,
+            "host_keys": [f"[127.0.0.1]:{port} {host_key}"],
+        },
         jobs={"invoices": {"document_type": "invoice"}},
     )
     (utility.directory / "keys" / "partners" / "aggregator.asc").write_bytes(aggregator.keys.openpgp_cert.read_bytes())

@@ -37,10 +37,10 @@ import pytest
 
 from sftp_pipeline import errors
 from sftp_pipeline.names import is_temporary
-from sftp_pipeline.receipts import receipt_file_names
-from sftp_pipeline.runtime import LEDGER_NAME
-from sftp_pipeline.server import EmbeddedServer
+from sftp_pipeline.proof.receipts import receipt_file_names
+from sftp_pipeline.server.embedded import EmbeddedServer
 from sftp_pipeline.transport.sftp import SftpTransport
+from sftp_pipeline.wiring import LEDGER_NAME
 from tests.integration.test_exchange import PLACEHOLDER, utility_party
 from tests.peers.parties import Party, make_party
 from tests.peers.sshd import ClientKey, Sshd, free_port
@@ -158,7 +158,11 @@ def over_embedded(tmp_path: Path, port: Callable[[int], int], **sftp: object) ->
     util = utility(tmp_path, server_port=server_port)
     host_key = util.keys.host_key_public.read_text()
     aggregator = sender(
-        tmp_path, util.keys.openpgp_cert.read_bytes(), port=port(server_port), user="aggregator", host_key=host_key,
+        tmp_path,
+        util.keys.openpgp_cert.read_bytes(),
+        port=port(server_port),
+        user="aggregator",
+        host_key=host_key,
         **sftp,
     )
     introduce(aggregator, util)
@@ -296,8 +300,10 @@ def cut_batches(setup: Setup, proxy: TcpProxy, plan: RandomCuts, rng: random.Ran
             setup.aggregator, len(batch.documents), proxy, test, max_runs=RUNS_PER_CUT * plan.budget + 5
         )
         assert len(batch.documents) > before
-    print(f"{test}: {proxy.injected('cut')} cuts + {proxy.injected('reset')} resets over {proxy.connections} "
-          f"connections, {len(batch.documents)} documents, {runs} send runs {why(test)}")
+    print(
+        f"{test}: {proxy.injected('cut')} cuts + {proxy.injected('reset')} resets over {proxy.connections} "
+        f"connections, {len(batch.documents)} documents, {runs} send runs {why(test)}"
+    )
     return batch
 
 

@@ -11,7 +11,8 @@ import pysequoia
 import pytest
 
 from sftp_pipeline import errors
-from sftp_pipeline.openpgp import IN_MEMORY_SEAL_BYTES, SigningKey, check_cert, describe_cert, seal
+from sftp_pipeline.openpgp import SigningKey, check_cert, describe_cert, seal
+from sftp_pipeline.openpgp.seal import IN_MEMORY_SEAL_BYTES
 from tests.peers.gpg import GnuPG
 
 pytestmark = pytest.mark.gpg

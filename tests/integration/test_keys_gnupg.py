@@ -26,6 +26,8 @@ def _fresh_now() -> None:
     every key created later look "created in the future"."""
     global NOW
     NOW = datetime.now(UTC)
+
+
 GPG_PASSPHRASE = "gpg-made passphrase"
 
 

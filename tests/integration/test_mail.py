@@ -14,7 +14,7 @@ import pytest
 from sftp_pipeline.config import Smtp
 from sftp_pipeline.errors import PipelineError
 from sftp_pipeline.keys import Passphrase
-from sftp_pipeline.mail import (
+from sftp_pipeline.reporting.mail import (
     ENVELOPE_HEADER,
     MailAuthError,
     MailQueue,

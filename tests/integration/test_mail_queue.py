@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from sftp_pipeline.config import Smtp
-from sftp_pipeline.mail import MailQueue, ReportMail, build_message
+from sftp_pipeline.reporting.mail import MailQueue, ReportMail, build_message
 
 SMTP = Smtp(host="127.0.0.1", sender="reports@aggregator.example", recipients=["s@aggregator.example"])
 

@@ -15,7 +15,7 @@ import pytest
 from sftp_pipeline import errors
 from sftp_pipeline.keys import OurKeys
 from sftp_pipeline.openpgp import SigningKey, seal
-from sftp_pipeline.openpgp_open import open_message
+from sftp_pipeline.openpgp.open import open_message
 from tests.peers.gpg import GnuPG
 from tests.peers.keysets import keys_from_tsk
 
@@ -171,7 +171,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 import pysequoia
 from sftp_pipeline import errors
-from sftp_pipeline.openpgp_open import open_message
+from sftp_pipeline.openpgp.open import open_message
 from tests.peers.keysets import keys_from_tsk
 tmp = Path(sys.argv[1])
 us = keys_from_tsk(pysequoia.Tsk.from_bytes((tmp / "us.key").read_bytes()), tmp)

@@ -11,7 +11,7 @@ import pytest
 
 from sftp_pipeline import errors
 from sftp_pipeline.keys import OurKeys
-from sftp_pipeline.openpgp_open import open_message
+from sftp_pipeline.openpgp.open import open_message
 from tests.peers.keysets import keys_from_tsk
 
 MAX_OUTPUT = 10_000_000  # far above the test documents; the bomb test goes beyond it

@@ -14,8 +14,8 @@ import pytest
 
 from sftp_pipeline import errors
 from sftp_pipeline.keys import OurKeys
-from sftp_pipeline.openpgp_open import open_message
-from sftp_pipeline.openpgp_stream import GnupgStream, head_seipd_version
+from sftp_pipeline.openpgp.open import open_message
+from sftp_pipeline.openpgp.stream import GnupgStream, head_seipd_version
 from tests.peers.gpg import GnuPG
 from tests.peers.keysets import keys_from_tsk
 

@@ -20,13 +20,13 @@ from typing import Any
 import pysequoia
 import pytest
 
+from sftp_pipeline.flows.receipt_pull import PullReport, ReceiptPuller
 from sftp_pipeline.keys import generate_keys
-from sftp_pipeline.ledger import Transfer
+from sftp_pipeline.ledger.sqlite import Transfer
 from sftp_pipeline.names import new_transfer_id, sealed_name
 from sftp_pipeline.openpgp import SigningKey
-from sftp_pipeline.receipt_pull import PullReport, ReceiptPuller
-from sftp_pipeline.receipts import build_receipt, receipt_file_names, sign_receipt
-from sftp_pipeline.runtime import open_ledger, open_runtime
+from sftp_pipeline.proof.receipts import build_receipt, receipt_file_names, sign_receipt
+from sftp_pipeline.wiring import open_ledger, open_runtime
 from tests.integration.test_receipts_gnupg import _run_recipe
 from tests.peers.gpg import GnuPG
 from tests.peers.parties import Party, make_party

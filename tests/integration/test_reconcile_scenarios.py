@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sftp_pipeline.names import new_transfer_id
-from sftp_pipeline.receipts import build_receipt, receipt_file_names, sign_receipt
-from sftp_pipeline.runtime import open_runtime
+from sftp_pipeline.proof.receipts import build_receipt, receipt_file_names, sign_receipt
+from sftp_pipeline.wiring import open_runtime
 from tests.peers.parties import Party, make_party
 from tests.peers.sshd import Sshd
 

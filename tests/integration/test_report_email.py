@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pysequoia
 
-from sftp_pipeline.report import verify_report_signature
+from sftp_pipeline.reporting.render import verify_report_signature
 from tests.integration.test_exchange import INVOICE, pair_over_sshd
 from tests.peers.smtp import PASSWORD_ENV, RECIPIENTS, SENDER, SMTP_USER, SmtpPeerFactory
 from tests.peers.sshd import Sshd

@@ -12,8 +12,8 @@ import pysequoia
 import pytest
 
 from sftp_pipeline.openpgp import SigningKey
-from sftp_pipeline.reconcile import Alert, Line, Reconciliation
-from sftp_pipeline.report import ReportFiles, write_report
+from sftp_pipeline.proof.reconcile import Alert, Line, Reconciliation
+from sftp_pipeline.reporting.render import ReportFiles, write_report
 from tests.peers.gpg import GnuPG
 
 NOW = datetime(2026, 11, 27, 9, 44, 12, 345000, tzinfo=UTC)

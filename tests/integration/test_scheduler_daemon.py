@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.config import ReportJob, SendJob
+from sftp_pipeline.daemon.scheduler import JobScheduler, LedgerMarks, LocalCronTrigger, Missed
 from sftp_pipeline.errors import ConfigError
-from sftp_pipeline.ledger import Ledger
-from sftp_pipeline.scheduler import JobScheduler, LedgerMarks, LocalCronTrigger, Missed
+from sftp_pipeline.ledger.sqlite import Ledger
 
 CHICAGO = "America/Chicago"
 GRACE = timedelta(hours=6)
@@ -130,7 +130,7 @@ def test_a_miss_older_than_the_grace_is_reported_not_run(ledger: Ledger, caplog:
         await scheduler.stop()
         return missed
 
-    with caplog.at_level(logging.WARNING, logger="sftp_pipeline.scheduler"):
+    with caplog.at_level(logging.WARNING, logger="sftp_pipeline.daemon.scheduler"):
         assert run(scenario) == {"nightly": Missed(scheduled=utc(2026, 1, 10, 8, 30), run=False)}
     assert recorder.runs == []
     assert "skipped run at 2026-01-10T08:30:00.000Z: older than the grace period" in caplog.text
@@ -266,7 +266,7 @@ def test_a_failing_run_is_logged_and_the_next_one_still_runs(ledger: Ledger, cap
         recorder.fail = False
         await scheduler.trigger(NIGHTLY, "second")
 
-    with caplog.at_level(logging.ERROR, logger="sftp_pipeline.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="sftp_pipeline.daemon.scheduler"):
         run(scenario)
     assert [reason for _, reason in recorder.runs] == ["first", "second"]
     assert recorder.finished == 1

@@ -156,7 +156,7 @@ def test_a_crash_at_any_step_then_a_rerun_delivers_exactly_once(
 
 
 def _events(party: Party, transfer_id: str) -> list[tuple[str, str, str | None]]:
-    from sftp_pipeline.runtime import open_ledger
+    from sftp_pipeline.wiring import open_ledger
 
     with open_ledger(party.config()) as ledger:
         return ledger.events(transfer_id)

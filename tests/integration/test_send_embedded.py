@@ -13,10 +13,10 @@ from pathlib import Path
 import pysequoia
 
 from sftp_pipeline.config import load_config
+from sftp_pipeline.flows.send import Outbound
 from sftp_pipeline.keys import load_our_keys
-from sftp_pipeline.outbound import Outbound
-from sftp_pipeline.runtime import open_runtime
-from sftp_pipeline.server import EmbeddedServer
+from sftp_pipeline.server.embedded import EmbeddedServer
+from sftp_pipeline.wiring import open_runtime
 from tests.conftest import require_tool
 from tests.peers.parties import make_party
 from tests.peers.sshd import free_port
@@ -114,8 +114,9 @@ def test_the_readme_demo_delivers_validates_and_receipts_everything(tmp_path: Pa
     # The aggregator's signed report shows every document delivered (sent) or accepted (received).
     (csv_report,) = (tmp_path / "demo" / "aggregator" / "state" / "reports").glob("*.csv")
     rows = list(csv.DictReader(io.StringIO(csv_report.read_text(encoding="utf-8"))))
-    assert sorted((r["direction"], r["status"]) for r in rows) == [("received", "accepted")] * 4 + [
-        ("sent", "delivered")
-    ] * 3
+    assert (
+        sorted((r["direction"], r["status"]) for r in rows)
+        == [("received", "accepted")] * 4 + [("sent", "delivered")] * 3
+    )
     mails = sorted((tmp_path / "demo" / "mailbox").glob("*.eml"))
     assert len(mails) == 2 and b"reconciliation" in mails[0].read_bytes()

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from sftp_pipeline.outbound import Outbound
-from sftp_pipeline.runlock import lock_path, try_lock
-from sftp_pipeline.runtime import open_runtime
+from sftp_pipeline.flows.send import Outbound
+from sftp_pipeline.locks import lock_path, try_lock
+from sftp_pipeline.wiring import open_runtime
 from tests.integration.test_send import aggregator_for, inbox
 from tests.peers.gpg import GnuPG
 from tests.peers.sshd import Sshd

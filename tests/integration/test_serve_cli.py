@@ -16,7 +16,7 @@ import paramiko
 import pysequoia
 
 from sftp_pipeline.names import new_transfer_id
-from sftp_pipeline.receipts import receipt_file_names, verify_receipt
+from sftp_pipeline.proof.receipts import receipt_file_names, verify_receipt
 from tests.peers.parties import make_party
 
 INVOICE = b"<Invoice id='INV-1'/>\n"

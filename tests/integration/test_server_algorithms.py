@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sftp_pipeline import sshalgs
-from sftp_pipeline.server import EmbeddedServer
+from sftp_pipeline.server.embedded import EmbeddedServer
+from sftp_pipeline.transport import sshalgs
 from tests.peers.embedded import EmbeddedPeer, make_login_key, make_server_config, paramiko_transport
 
 PQ_KEX = "mlkem768x25519-sha256"
@@ -33,8 +33,16 @@ def _server_kexinit(host: str, port: int) -> dict[str, list[str]]:
     assert payload[0] == KEXINIT
     offset = 17  # message type + 16-byte cookie
     fields = (
-        "kex", "host_key", "cipher_c2s", "cipher_s2c", "mac_c2s", "mac_s2c", "compression_c2s",
-        "compression_s2c", "lang_c2s", "lang_s2c",
+        "kex",
+        "host_key",
+        "cipher_c2s",
+        "cipher_s2c",
+        "mac_c2s",
+        "mac_s2c",
+        "compression_c2s",
+        "compression_s2c",
+        "lang_c2s",
+        "lang_s2c",
     )
     offered: dict[str, list[str]] = {}
     for name in fields:

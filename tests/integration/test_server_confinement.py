@@ -137,9 +137,7 @@ def test_port_forwarding_is_refused(embedded_server: EmbeddedPeer) -> None:
     transport = paramiko_transport(embedded_server)
     try:
         with pytest.raises(paramiko.ChannelException):
-            transport.open_channel(
-                "direct-tcpip", (embedded_server.host, embedded_server.port), ("127.0.0.1", 40000)
-            )
+            transport.open_channel("direct-tcpip", (embedded_server.host, embedded_server.port), ("127.0.0.1", 40000))
         with pytest.raises(paramiko.SSHException):
             transport.request_port_forward("127.0.0.1", 0)
     finally:

@@ -11,7 +11,7 @@ import pytest
 
 from sftp_pipeline.config import Config, Partner
 from sftp_pipeline.errors import ConfigError, KeyError_
-from sftp_pipeline.server import EmbeddedServer
+from sftp_pipeline.server.embedded import EmbeddedServer
 from tests.peers.embedded import LoginKey, make_host_key, make_login_key, make_server_config
 
 
@@ -97,8 +97,13 @@ def test_serve_forever_serves_until_cancelled_then_closes(hosting: tuple[Config,
                 continue
         async with (
             asyncssh.connect(
-                "127.0.0.1", port, username="aggregator", client_keys=[str(login.path)],
-                known_hosts=_pinned(config, port), agent_path=None, config=None,
+                "127.0.0.1",
+                port,
+                username="aggregator",
+                client_keys=[str(login.path)],
+                known_hosts=_pinned(config, port),
+                agent_path=None,
+                config=None,
             ) as conn,
             conn.start_sftp_client() as sftp,
         ):
@@ -135,8 +140,13 @@ def test_a_partner_without_login_keys_cannot_log_in(tmp_path: Path) -> None:
         async with EmbeddedServer(config, port=0) as server:
             assert (config.hosted_root("keyless") / "inbox").is_dir()
             async with asyncssh.connect(
-                "127.0.0.1", server.port, username="keyless", client_keys=[str(login.path)],
-                known_hosts=_pinned(config, server.port), agent_path=None, config=None,
+                "127.0.0.1",
+                server.port,
+                username="keyless",
+                client_keys=[str(login.path)],
+                known_hosts=_pinned(config, server.port),
+                agent_path=None,
+                config=None,
             ):
                 pass
 

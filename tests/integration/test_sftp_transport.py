@@ -17,8 +17,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sftp_pipeline import config, errors, sshalgs
-from sftp_pipeline.transport import Transport
+from sftp_pipeline import config, errors
+from sftp_pipeline.transport import Transport, sshalgs
 from sftp_pipeline.transport.retry import RetryingTransport
 from sftp_pipeline.transport.sftp import SftpTransport
 from tests.peers.sshd import ClientKey, Sshd, free_port, make_client_key

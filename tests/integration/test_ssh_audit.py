@@ -25,9 +25,9 @@ from typing import Any
 import asyncssh
 import pytest
 
-from sftp_pipeline import sshalgs
 from sftp_pipeline.config import SftpEndpoint
 from sftp_pipeline.errors import PipelineError
+from sftp_pipeline.transport import sshalgs
 from sftp_pipeline.transport.sftp import SftpTransport
 from tests.conftest import IN_CI
 from tests.peers.embedded import LOOPBACK, EmbeddedPeer, make_login_key
@@ -39,8 +39,20 @@ NOT_PQ = "does not provide protection against post-quantum attacks"
 AUDIT_TIMEOUT = 10
 # Why 0.05 s: how often we look whether ssh-audit's client-audit listener is up yet.
 POLL = 0.05
-WEAK_MARKERS = ("sha1", "cbc", "group1-", "group14", "group-exchange-sha1", "md5", "3des", "arcfour", "umac-64",
-                "nistp", "ssh-rsa", "ssh-dss")
+WEAK_MARKERS = (
+    "sha1",
+    "cbc",
+    "group1-",
+    "group14",
+    "group-exchange-sha1",
+    "md5",
+    "3des",
+    "arcfour",
+    "umac-64",
+    "nistp",
+    "ssh-rsa",
+    "ssh-dss",
+)
 
 
 def ssh_audit() -> str:
@@ -57,7 +69,10 @@ def ssh_audit() -> str:
 def run_audit(*args: str) -> dict[str, Any]:
     done = subprocess.run(
         [ssh_audit(), "-j", "--skip-rate-test", "-t", str(AUDIT_TIMEOUT), *args],
-        capture_output=True, text=True, timeout=AUDIT_TIMEOUT * 3, env={**os.environ, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=AUDIT_TIMEOUT * 3,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     try:
         result: dict[str, Any] = json.loads(done.stdout)
@@ -115,14 +130,19 @@ def test_the_policy_catches_a_weak_algorithm(tmp_path: Path) -> None:
     async def main() -> tuple[dict[str, Any], dict[str, Any]]:
         host_key = asyncssh.generate_private_key("ssh-ed25519")
         server = await asyncssh.create_server(
-            asyncssh.SSHServer, LOOPBACK, 0, server_host_keys=[host_key],
-            kex_algs=[*sshalgs.KEX_ALGS, "ecdh-sha2-nistp256"], mac_algs=[*sshalgs.MAC_ALGS, "hmac-sha2-256"],
+            asyncssh.SSHServer,
+            LOOPBACK,
+            0,
+            server_host_keys=[host_key],
+            kex_algs=[*sshalgs.KEX_ALGS, "ecdh-sha2-nistp256"],
+            mac_algs=[*sshalgs.MAC_ALGS, "hmac-sha2-256"],
             encryption_algs=list(sshalgs.ENCRYPTION_ALGS),
         )
         try:
             port = str(server.sockets[0].getsockname()[1])
-            policy = await asyncio.to_thread(run_audit, "-P", str(POLICIES / "hardened-server.txt"), "-p", port,
-                                             LOOPBACK)
+            policy = await asyncio.to_thread(
+                run_audit, "-P", str(POLICIES / "hardened-server.txt"), "-p", port, LOOPBACK
+            )
             report = await asyncio.to_thread(run_audit, "-p", port, LOOPBACK)
         finally:
             server.close()
@@ -164,9 +184,23 @@ def audit_our_client(tmp_path: Path, *args: str) -> dict[str, Any]:
     port = _free_port()
     ssh_audit()  # installed, or skip (fail in CI)
     audit = subprocess.Popen(
-        [sys.executable, "-m", "tests.ssh_audit.loopback_client_audit",
-         "-c", "-j", "-p", str(port), "-t", str(AUDIT_TIMEOUT), *args, LOOPBACK],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"},
+        [
+            sys.executable,
+            "-m",
+            "tests.ssh_audit.loopback_client_audit",
+            "-c",
+            "-j",
+            "-p",
+            str(port),
+            "-t",
+            str(AUDIT_TIMEOUT),
+            *args,
+            LOOPBACK,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     try:
         deadline = time.monotonic() + AUDIT_TIMEOUT
@@ -176,8 +210,9 @@ def audit_our_client(tmp_path: Path, *args: str) -> dict[str, Any]:
             time.sleep(POLL)
         key = make_login_key(tmp_path)
         # A fingerprint pin: the client offers every host key algorithm it accepts, not only a pinned key's.
-        endpoint = SftpEndpoint(host=LOOPBACK, port=port, user="audit", host_keys=["SHA256:" + "A" * 43],
-                                connect_timeout=AUDIT_TIMEOUT)
+        endpoint = SftpEndpoint(
+            host=LOOPBACK, port=port, user="audit", host_keys=["SHA256:" + "A" * 43], connect_timeout=AUDIT_TIMEOUT
+        )
         with pytest.raises(PipelineError):
             asyncio.run(SftpTransport.connect(endpoint, client_key=key.path, partner_id="auditor"))
         out, err = audit.communicate(timeout=AUDIT_TIMEOUT * 2)

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.config import Config, SendJob
+from sftp_pipeline.daemon.watcher import DropWatcher
 from sftp_pipeline.errors import ConfigError
-from sftp_pipeline.ledger import Transfer
+from sftp_pipeline.flows.send import Outbound, SendReport
+from sftp_pipeline.ledger.sqlite import Transfer
 from sftp_pipeline.names import parse_sealed_name
-from sftp_pipeline.outbound import Outbound, SendReport
-from sftp_pipeline.runtime import Runtime, open_runtime
-from sftp_pipeline.watcher import DropWatcher
+from sftp_pipeline.wiring import Runtime, open_runtime
 from tests.peers.parties import Party, make_party
 
 # Why 0.5 s: the rescan interval these tests use; short so a missed file shows up quickly.
@@ -32,7 +32,10 @@ SMALL_BURST = 300
 def utility(tmp_path: Path, cert: bytes, **job: object) -> Party:
     """We are the utility; the aggregator (no [sftp]) is hosted by us, so sends land in a local outbox."""
     return make_party(
-        tmp_path / "utility", "utility", partner_id="aggregator", partner_cert=cert,
+        tmp_path / "utility",
+        "utility",
+        partner_id="aggregator",
+        partner_cert=cert,
         jobs={"invoices": {"document_type": "invoice", "watch": True, **job}},
     )
 
@@ -304,8 +307,9 @@ def test_a_replaced_folder_is_watched_again_after_the_next_rescan(tmp_path: Path
 def test_runs_of_one_job_never_overlap_and_events_during_a_run_cause_one_more(tmp_path: Path) -> None:
     """A trigger that takes a while: events that arrive meanwhile are folded into exactly one further run."""
     source = tmp_path / "drop"
-    job = SendJob(kind="send", name="slow", partner="aggregator", document_type="invoice", source=source,
-                  stable_seconds=0)
+    job = SendJob(
+        kind="send", name="slow", partner="aggregator", document_type="invoice", source=source, stable_seconds=0
+    )
     reasons: list[str] = []
     active: list[int] = [0]
 
@@ -340,8 +344,7 @@ def test_runs_of_one_job_never_overlap_and_events_during_a_run_cause_one_more(tm
 
 def test_a_drop_folder_that_cannot_be_watched_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "not-a-folder").write_bytes(b"")
-    job = SendJob(kind="send", name="inv", partner="utility", document_type="invoice",
-                  source=tmp_path / "not-a-folder")
+    job = SendJob(kind="send", name="inv", partner="utility", document_type="invoice", source=tmp_path / "not-a-folder")
 
     async def noop(job: SendJob, reason: str) -> None:
         return None

@@ -31,7 +31,7 @@ import pytest
 
 from sftp_pipeline.clock import Clock, utc_now
 from sftp_pipeline.config import Config, OurKeys, Partner, Party, Server
-from sftp_pipeline.server import EmbeddedServer, UploadHook
+from sftp_pipeline.server.embedded import EmbeddedServer, UploadHook
 
 PARTY_ID = "utility"
 PARTNER_ID = "aggregator"

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from sftp_pipeline.clock import Clock, utc_now
 from sftp_pipeline.config import Config, load_config
-from sftp_pipeline.inbound import Collector, CollectReport
+from sftp_pipeline.flows.collect import Collector, CollectReport
+from sftp_pipeline.flows.receipt_pull import PullReport, ReceiptPuller
+from sftp_pipeline.flows.send import Outbound, SendReport
 from sftp_pipeline.keys import GeneratedKeys, generate_keys
-from sftp_pipeline.ledger import Inbound, Transfer
-from sftp_pipeline.outbound import Outbound, SendReport
-from sftp_pipeline.receipt_pull import PullReport, ReceiptPuller
-from sftp_pipeline.reconcile import Reconciliation, from_ledger
-from sftp_pipeline.runtime import open_runtime
+from sftp_pipeline.ledger.sqlite import Inbound, Transfer
+from sftp_pipeline.proof.reconcile import Reconciliation, from_ledger
+from sftp_pipeline.wiring import open_runtime
 
 # Why 120 s: a CLI run in these tests moves at most a few MB over loopback; longer means it hung.
 CLI_TIMEOUT = 120

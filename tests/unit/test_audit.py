@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.audit import GENESIS, Audit, AuditError, canonical, line_hash, lines_for, verify
-from sftp_pipeline.ledger import Ledger
+from sftp_pipeline.ledger.sqlite import Ledger
+from sftp_pipeline.proof.audit import GENESIS, Audit, AuditError, canonical, line_hash, lines_for, verify
 
 
 class FakeClock:

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from sftp_pipeline.audit import Audit, verify
-from sftp_pipeline.ledger import Ledger
+from sftp_pipeline.ledger.sqlite import Ledger
+from sftp_pipeline.proof.audit import Audit, verify
 
 
 def test_an_empty_log_with_a_head_accepts_the_next_append(tmp_path: Path) -> None:
@@ -11,7 +11,15 @@ def test_an_empty_log_with_a_head_accepts_the_next_append(tmp_path: Path) -> Non
         log = Audit(tmp_path / "audit.jsonl")
         assert log.sync(ledger) == 0
         assert log.sync(ledger) == 0
-        ledger.claim("T1", partner="utility", job="j", document_type="invoice", source_name="a.xml",
-                     source_path="/d/a.xml", work_path="/w/T1", remote_name="T1.invoice.a.xml.pgp")
+        ledger.claim(
+            "T1",
+            partner="utility",
+            job="j",
+            document_type="invoice",
+            source_name="a.xml",
+            source_path="/d/a.xml",
+            work_path="/w/T1",
+            remote_name="T1.invoice.a.xml.pgp",
+        )
         assert log.sync(ledger) >= 1
         assert verify(tmp_path / "audit.jsonl", ledger=ledger).ok

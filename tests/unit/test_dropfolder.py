@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.dropfolder import Seen, classify, look, quarantine_file, scan
+from sftp_pipeline.flows.intake import Seen, classify, look, quarantine_file, scan
 
 REG = stat.S_IFREG | 0o644
 
@@ -47,8 +47,9 @@ def test_scan_waits_once_for_young_files(tmp_path: Path) -> None:
         os.utime(growing, (now[0] + 1, now[0] + 1))
         now[0] += seconds
 
-    intake = scan(tmp_path, pattern="*.xml", max_bytes=100, authorised=True, stable_seconds=2.0,
-                  wall=lambda: now[0], sleep=sleep)
+    intake = scan(
+        tmp_path, pattern="*.xml", max_bytes=100, authorised=True, stable_seconds=2.0, wall=lambda: now[0], sleep=sleep
+    )
     assert sorted(s.name for s in intake.take) == ["done.xml", "steady.xml"]
     assert [s.name for s in intake.waiting] == ["growing.xml"]
     assert len(slept) == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.groupcommit import GroupSync
+from sftp_pipeline.flows.groupcommit import GroupSync
 
 
 def test_steps_run_together_and_clean_up_after_their_folders_are_synced(tmp_path: Path) -> None:

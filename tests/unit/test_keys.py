@@ -40,6 +40,8 @@ def _fresh_now() -> None:
     every key created later look "created in the future"."""
     global NOW
     NOW = datetime.now(UTC)
+
+
 SECRET = "correct horse battery staple"
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.errors import LedgerError
-from sftp_pipeline.ledger import DuplicateContent, Ledger, check_transition
+from sftp_pipeline.ledger.sqlite import DuplicateContent, Ledger, check_transition
 
 
 class FakeClock:
@@ -17,8 +17,16 @@ class FakeClock:
 
 
 def claim(ledger: Ledger, tid: str, name: str = "inv.xml") -> None:
-    ledger.claim(tid, partner="utility", job="j", document_type="invoice", source_name=name,
-                 source_path=f"/drop/{name}", work_path=f"/work/{tid}", remote_name=f"{tid}.invoice.{name}.pgp")
+    ledger.claim(
+        tid,
+        partner="utility",
+        job="j",
+        document_type="invoice",
+        source_name=name,
+        source_path=f"/drop/{name}",
+        work_path=f"/work/{tid}",
+        remote_name=f"{tid}.invoice.{name}.pgp",
+    )
 
 
 def test_state_machine_and_events(tmp_path: Path) -> None:

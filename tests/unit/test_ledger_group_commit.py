@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.errors import LedgerError
-from sftp_pipeline.groupcommit import GroupCommitter
-from sftp_pipeline.ledger import Change, DuplicateContent, Ledger
+from sftp_pipeline.flows.groupcommit import GroupCommitter
+from sftp_pipeline.ledger.sqlite import Change, DuplicateContent, Ledger
 from tests.unit.test_ledger import FakeClock
 
 

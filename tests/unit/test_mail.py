@@ -16,7 +16,7 @@ from sftp_pipeline.config import Secret, Smtp
 from sftp_pipeline.errors import PipelineError
 from sftp_pipeline.fsutil import STALE_TEMP_SECONDS
 from sftp_pipeline.keys import Passphrase
-from sftp_pipeline.mail import (
+from sftp_pipeline.reporting.mail import (
     ENVELOPE_HEADER,
     MailAuthError,
     MailError,

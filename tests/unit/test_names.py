@@ -41,8 +41,14 @@ def test_sealed_name_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["x.pgp", "01JDQ6Z6M2W4K8T9V0B3C5D7EF.invoice.pgp", "01JDQ6Z6M2W4K8T9V0B3C5D7EF.INVOICE.a.pgp",
-            "01JDQ6Z6M2W4K8T9V0B3C5D7EU.invoice.a.pgp", "../01JDQ6Z6M2W4K8T9V0B3C5D7EF.invoice.a.pgp"],
+    "bad",
+    [
+        "x.pgp",
+        "01JDQ6Z6M2W4K8T9V0B3C5D7EF.invoice.pgp",
+        "01JDQ6Z6M2W4K8T9V0B3C5D7EF.INVOICE.a.pgp",
+        "01JDQ6Z6M2W4K8T9V0B3C5D7EU.invoice.a.pgp",
+        "../01JDQ6Z6M2W4K8T9V0B3C5D7EF.invoice.a.pgp",
+    ],
 )
 def test_parse_sealed_name_is_strict(bad: str) -> None:
     with pytest.raises(ValueError):

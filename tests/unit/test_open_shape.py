@@ -10,7 +10,7 @@ import pysequoia
 import pytest
 
 from sftp_pipeline import errors
-from sftp_pipeline.openpgp_open import open_message
+from sftp_pipeline.openpgp.open import open_message
 from tests.peers.keysets import keys_from_tsk
 
 

@@ -13,13 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sftp_pipeline import errors
-from sftp_pipeline.openpgp import (
-    SigningKey,
-    _packets,
-    check_cert,
-    describe_cert,
-    seal,
-)
+from sftp_pipeline.openpgp import SigningKey, check_cert, describe_cert, seal
+from sftp_pipeline.openpgp.seal import _packets
 
 NOW = datetime.now(UTC)
 

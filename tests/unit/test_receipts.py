@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sftp_pipeline.names import new_transfer_id, sealed_name
 from sftp_pipeline.openpgp import SigningKey
-from sftp_pipeline.receipts import (
+from sftp_pipeline.proof.receipts import (
     FORMAT,
     MAX_RECEIPT_BYTES,
     REJECTION_CODES,
@@ -35,6 +35,8 @@ def _fresh_now() -> None:
     every key created later look "created in the future"."""
     global NOW
     NOW = (datetime.now(UTC) + timedelta(minutes=1)).replace(microsecond=123456)
+
+
 SENDER, RECEIVER = "aggregator", "utility"
 SHA_A, SHA_B = "a" * 64, "0123456789abcdef" * 4
 
@@ -375,7 +377,7 @@ def test_post_quantum_issuer_round_trip() -> None:
 
 def test_every_open_status_is_a_receipt_status() -> None:
     """What open_message can reject with, a receipt must be able to say."""
-    from sftp_pipeline import openpgp_open
+    from sftp_pipeline.openpgp import open as openpgp_open
 
     names = [
         "NOT_ENCRYPTED_TO_US",

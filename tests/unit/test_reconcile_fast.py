@@ -22,8 +22,8 @@ import pytest
 
 from sftp_pipeline.clock import parse_rfc3339, rfc3339
 from sftp_pipeline.config import Config, load_config
-from sftp_pipeline.ledger import Inbound, Ledger, Transfer
-from sftp_pipeline.reconcile import (
+from sftp_pipeline.ledger.sqlite import Inbound, Ledger, Transfer
+from sftp_pipeline.proof.reconcile import (
     ACTIONS,
     EXCEPTIONS,
     IN_ACTIONS,
@@ -34,8 +34,8 @@ from sftp_pipeline.reconcile import (
     Reconciliation,
     from_ledger,
 )
-from sftp_pipeline.report import CSV_COLUMNS, PARTNER_TEXT_COLUMNS, defuse, render_csv
-from sftp_pipeline.runtime import open_ledger
+from sftp_pipeline.reporting.render import CSV_COLUMNS, PARTNER_TEXT_COLUMNS, defuse, render_csv
+from sftp_pipeline.wiring import open_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=UTC)  # sub-millisecond on purpose: stored times are ms

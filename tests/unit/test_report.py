@@ -14,8 +14,8 @@ import pysequoia
 import pytest
 
 from sftp_pipeline.openpgp import SigningKey
-from sftp_pipeline.reconcile import IN_CLASSES, OUT_CLASSES, Alert, Line, ReceiptNote, Reconciliation
-from sftp_pipeline.report import (
+from sftp_pipeline.proof.reconcile import IN_CLASSES, OUT_CLASSES, Alert, Line, ReceiptNote, Reconciliation
+from sftp_pipeline.reporting.render import (
     CSV_COLUMNS,
     ReportError,
     defuse,

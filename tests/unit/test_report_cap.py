@@ -3,8 +3,8 @@
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from sftp_pipeline.reconcile import Line, Reconciliation
-from sftp_pipeline.report import MAX_HTML_ROWS, render_csv, render_html
+from sftp_pipeline.proof.reconcile import Line, Reconciliation
+from sftp_pipeline.reporting.render import MAX_HTML_ROWS, render_csv, render_html
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""runlock: one run per job (send) or partner (collect, receipts), across processes and within one."""
+"""locks: one run per job (send) or partner (collect, receipts), across processes and within one."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.runlock import lock_path, try_hold, try_lock, turn, turns
+from sftp_pipeline.locks import lock_path, try_hold, try_lock, turn, turns
 
 HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from sftp_pipeline.runlock import try_lock
+    from sftp_pipeline.locks import try_lock
     held = try_lock(Path(sys.argv[1]))
     assert not isinstance(held, str)
     print("held", flush=True)
@@ -48,7 +48,7 @@ def test_a_run_waits_for_another_process_and_starts_when_it_ends(tmp_path: Path,
             holder.stdin.flush()
             await asyncio.wait_for(task, 10)
 
-        with caplog.at_level(logging.INFO, logger="sftp_pipeline.runlock"):
+        with caplog.at_level(logging.INFO, logger="sftp_pipeline.locks"):
             asyncio.run(scenario())
         assert order == ["released", "ours"]
         assert f"send utility: another run (pid {holder.pid}) is working on it" in caplog.text

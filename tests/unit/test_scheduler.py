@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftp_pipeline.scheduler import (
+from sftp_pipeline.daemon.scheduler import (
     CronSchedule,
     LocalCronTrigger,
     Missed,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.config import SendJob
-from sftp_pipeline.watcher import DropWatcher, wanted
+from sftp_pipeline.daemon.watcher import DropWatcher, wanted
 
 
 @pytest.mark.parametrize(
@@ -42,4 +42,3 @@ def test_a_rescan_interval_must_be_positive(tmp_path: Path) -> None:
             DropWatcher([job], noop, loop=loop, rescan_seconds=0)
     finally:
         loop.close()
-
