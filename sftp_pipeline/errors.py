@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from typing import Literal
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -62,6 +63,29 @@ class OpenRejected(CryptoError):
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class SigningError(CryptoError):
+    """Our own key could not sign (locked, expired, not signing-capable)."""
+
+
+class SignatureRefused(CryptoError):
+    """A detached signature was refused; ``reason`` is "unsigned", "bad-signature" or "wrong-signer"."""
+
+    def __init__(self, reason: Literal["unsigned", "bad-signature", "wrong-signer"], message: str) -> None:
+        super().__init__(message)
+        self.reason: Literal["unsigned", "bad-signature", "wrong-signer"] = reason
+
+
+ReceiptReason = Literal["bad-signature", "wrong-signer", "malformed", "wrong-parties", "unsigned"]
+
+
+class ReceiptInvalid(PipelineError):
+    """A receipt was refused; ``reason`` says why (docs/receipts.md)."""
+
+    def __init__(self, reason: ReceiptReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: ReceiptReason = reason
 
 
 class TransportError(PipelineError):

@@ -168,6 +168,10 @@ class OurKeys:
             self._decryptor = _unlock_decryptor(self.tsk, self._openpgp_passphrase, self.openpgp_path)
         return self._decryptor
 
+    def reveal_openpgp_passphrase(self) -> str | None:
+        """The OpenPGP key's passphrase, for GnuPG's throw-away home (:mod:`sftp_pipeline.openpgp.gnupg`)."""
+        return self._openpgp_passphrase.reveal() if self._openpgp_passphrase else None
+
     def __repr__(self) -> str:
         return (
             f"OurKeys(fingerprint={self.fingerprint}, openpgp={self.openpgp_path}, ssh={self.ssh_key_path}, "

@@ -46,7 +46,8 @@ from sftp_pipeline.keys import OurKeys, load_partner_cert
 from sftp_pipeline.ledger.sqlite import Inbound, Ledger
 from sftp_pipeline.locks import turn
 from sftp_pipeline.names import is_safe_name, parse_sealed_name
-from sftp_pipeline.openpgp.open import GnupgRun, open_message
+from sftp_pipeline.openpgp.gnupg import GnupgRun
+from sftp_pipeline.openpgp.open import open_message
 from sftp_pipeline.openpgp.stream import GnupgStream
 from sftp_pipeline.proof.receipts import build_receipt, receipt_file_names, sign_receipt
 from sftp_pipeline.transport import Transport

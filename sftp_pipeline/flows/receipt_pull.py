@@ -59,7 +59,7 @@ from typing import Any
 
 from sftp_pipeline.clock import Clock, rfc3339, utc_now
 from sftp_pipeline.config import Config, Partner, ReceiptsJob
-from sftp_pipeline.errors import KeyError_, LedgerError, PipelineError, TransportError
+from sftp_pipeline.errors import KeyError_, LedgerError, PipelineError, ReceiptInvalid, TransportError
 from sftp_pipeline.faults import crash_point
 from sftp_pipeline.flows.service import Service, TransportFactory
 from sftp_pipeline.fsutil import fsync_dir, move_into
@@ -67,14 +67,7 @@ from sftp_pipeline.keys import OurKeys, load_partner_cert
 from sftp_pipeline.ledger.sqlite import Ledger, Transfer
 from sftp_pipeline.locks import turn
 from sftp_pipeline.openpgp import Cert, check_cert
-from sftp_pipeline.proof.receipts import (
-    MAX_RECEIPT_BYTES,
-    RECEIPT_SUFFIX,
-    SIGNATURE_SUFFIX,
-    Receipt,
-    ReceiptInvalid,
-    verify_receipt,
-)
+from sftp_pipeline.proof.receipts import MAX_RECEIPT_BYTES, RECEIPT_SUFFIX, SIGNATURE_SUFFIX, Receipt, verify_receipt
 from sftp_pipeline.transport import RemoteEntry, Transport
 
 log = logging.getLogger(__name__)

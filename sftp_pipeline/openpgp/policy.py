@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pysequoia
 from pysequoia.packet import HashAlgorithm, PacketPile, PublicKeyAlgorithm, SignatureType, Tag
@@ -35,9 +35,32 @@ CIPHER_NAMES = {
     12: "Camellia-192",
     13: "Camellia-256",
 }
-_AEAD_NAMES = {1: "EAX", 2: "OCB", 3: "GCM"}
-# Self-signatures made with these hashes are forgeable (SHA-1 chosen-prefix collisions, 2020).
+AEAD_NAMES = {1: "EAX", 2: "OCB", 3: "GCM"}
+HASH_NAMES = {
+    1: "MD5",
+    2: "SHA-1",
+    3: "RIPEMD-160",
+    8: "SHA-256",
+    9: "SHA-384",
+    10: "SHA-512",
+    11: "SHA-224",
+    12: "SHA3-256",
+    14: "SHA3-512",
+}
+# Symmetric ciphers (OpenPGP ids) accepted from partners: AES only (GnuPG 2.2 may choose AES-128 by preference).
+ALLOWED_CIPHERS = frozenset({7, 8, 9})
+# Signatures and self-signatures made with these hashes can be forged (SHA-1 chosen-prefix collisions, 2020):
+# MD5 (1), SHA-1 (2), RIPEMD-160 (3) — as OpenPGP ids (what GnuPG's status lines carry) and as pysequoia's enum
+# (whose int() is its own index, not the OpenPGP id).
+WEAK_HASH_IDS = frozenset({1, 2, 3})
 _WEAK_HASHES = (HashAlgorithm.MD5, HashAlgorithm.SHA1, HashAlgorithm.RipeMD)
+# Why 5 minutes: the partner's clock may run a little ahead; more than that is a wrong clock or a forgery.
+SIGNATURE_FUTURE_SKEW = timedelta(minutes=5)
+
+
+def is_weak_hash(algorithm: Any) -> bool:
+    """Whether a pysequoia ``HashAlgorithm`` is one of :data:`WEAK_HASH_IDS` (its enums are not hashable)."""
+    return algorithm is not None and algorithm in _WEAK_HASHES
 
 
 def _ids(*algorithms: Any) -> frozenset[int]:
@@ -155,6 +178,24 @@ class CertInfo:
     @property
     def signing_algorithms(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(k.algorithm for k in self.keys if k.can_sign and k.usable))
+
+
+class SecretKey(Protocol):
+    """What opening a message needs of our key set (:class:`sftp_pipeline.keys.OurKeys` is one)."""
+
+    @property
+    def cert(self) -> Cert: ...
+
+    @property
+    def tsk(self) -> pysequoia.Tsk: ...
+
+    def decryptor(self) -> pysequoia.PyDecryptor:
+        """Our decryption handle, unlocked."""
+        ...
+
+    def reveal_openpgp_passphrase(self) -> str | None:
+        """The passphrase of our secret key (for GnuPG's throw-away home), if it has one."""
+        ...
 
 
 @dataclass(frozen=True, repr=False)
@@ -282,7 +323,7 @@ def _key_info(component: _Component, primary_fpr: str, primary_keyid: str, cert:
         can_certify=can_certify,
         post_quantum=int(algo) in _PQ_ALGORITHMS,
         primary=component.primary,
-        weak_hash=binding is not None and binding.hash_algorithm in _WEAK_HASHES,
+        weak_hash=binding is not None and is_weak_hash(binding.hash_algorithm),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,8 @@ import pysequoia
 
 from sftp_pipeline.errors import CryptoError, disk_full, is_no_space
 from sftp_pipeline.fsutil import sha256_file
-from sftp_pipeline.openpgp.policy import _AEAD_NAMES, CIPHER_NAMES, Cert, CertInfo, SigningKey, _first_line, check_cert
+from sftp_pipeline.openpgp import packets
+from sftp_pipeline.openpgp.policy import AEAD_NAMES, CIPHER_NAMES, Cert, CertInfo, SigningKey, _first_line, check_cert
 
 # Why 64 KiB: session-key packets for a handful of recipients (even ML-KEM ones, ~1.6 KB each) fit easily.
 HEADER_PEEK_BYTES = 64 * 1024
@@ -50,48 +51,23 @@ class SealInfo:
 # -------------------------------------------------------------------------------------------------- seal
 
 
-def _packets(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """Yield (tag, first body bytes) for the leading packets of a binary OpenPGP message."""
-    pos = 0
-    while pos < len(data):
-        ctb = data[pos]
-        if not ctb & 0x80:
-            raise CryptoError("sealed output is not a binary OpenPGP message")
-        if ctb & 0x40:  # new format
-            tag = ctb & 0x3F
-            first = data[pos + 1]
-            if first < 192:
-                length, hlen = first, 2
-            elif first < 224:
-                length, hlen = ((first - 192) << 8) + data[pos + 2] + 192, 3
-            elif first == 255:
-                length, hlen = int.from_bytes(data[pos + 2 : pos + 6], "big"), 6
-            else:  # partial body: only its first chunk is here, and it is the last packet we need
-                yield tag, data[pos + 2 : pos + 2 + (1 << (first & 0x1F))]
-                return
-        else:
-            tag = (ctb >> 2) & 0x0F
-            kind = ctb & 0x03
-            width = {0: 1, 1: 2, 2: 4}.get(kind)
-            if width is None:
-                yield tag, data[pos + 1 :]
-                return
-            length, hlen = int.from_bytes(data[pos + 1 : pos + 1 + width], "big"), 1 + width
-        yield tag, data[pos + hlen : pos + hlen + length]
-        pos += hlen + length
-
-
 def _encryption_layer(head: bytes) -> tuple[int, int | None, int | None]:
     """(SEIPD version, cipher id or None when hidden in the session key (v1), AEAD id or None) of a sealed
     message, from its first bytes (:data:`HEADER_PEEK_BYTES` are plenty)."""
-    for tag, body in _packets(head):
-        if tag in (1, 3):  # PKESK / SKESK come first
-            continue
-        if tag == 18 and body:
-            if body[0] == 2:
-                return 2, body[1], body[2]
-            return body[0], None, None
-        raise CryptoError(f"sealed output has packet tag {tag} where encrypted data was expected")
+    try:
+        for packet in packets.walk_bytes(head, prefix=True):
+            if packet.tag in packets.SESSION_KEYS:  # PKESK / SKESK come first
+                continue
+            body = head[packet.body_start : packet.body_start + 3]
+            if packet.tag == packets.SEIPD and body:
+                if body[0] == 2:
+                    if len(body) < 3:
+                        break
+                    return 2, body[1], body[2]
+                return body[0], None, None
+            raise CryptoError(f"sealed output has packet tag {packet.tag} where encrypted data was expected")
+    except (packets.Malformed, packets.Truncated) as exc:
+        raise CryptoError(f"sealed output is not a binary OpenPGP message ({exc})") from None
     raise CryptoError("sealed output has no encrypted data packet")
 
 
@@ -220,7 +196,7 @@ def seal(
         dst.unlink(missing_ok=True)
         raise
     encrypt_algos = sorted({a for info in infos for a in info.encryption_algorithms})
-    mode = f"SEIPDv{seipd}" + (f" ({_AEAD_NAMES.get(aead_id, aead_id)})" if aead_id is not None else "")
+    mode = f"SEIPDv{seipd}" + (f" ({AEAD_NAMES.get(aead_id, aead_id)})" if aead_id is not None else "")
     algorithms = (
         f"AES-256, {mode}, sign {' / '.join(signer_info.signing_algorithms)}, encrypt {' / '.join(encrypt_algos)}"
     )

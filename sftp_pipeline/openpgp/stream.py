@@ -26,19 +26,8 @@ from pathlib import Path
 from typing import IO
 
 from sftp_pipeline import fsutil
-from sftp_pipeline.keys import OurKeys
-from sftp_pipeline.openpgp import Cert
-from sftp_pipeline.openpgp.open import (
-    _HEAD_LIMIT,
-    _PKESK,
-    _SEIPD,
-    _SKESK,
-    GPG_OPEN_TIMEOUT,
-    GnupgRun,
-    _gnupg_home,
-    _GnuPGCannot,
-    gnupg_decrypt_command,
-)
+from sftp_pipeline.openpgp import gnupg, packets
+from sftp_pipeline.openpgp.policy import Cert, SecretKey
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +37,9 @@ log = logging.getLogger(__name__)
 # 3.3-3.7 s → 2.3-3.0 s, wall 5.4-8.3 s → 4.8-6.5 s.
 _PIPE_SIZE = 1024 * 1024
 _PIPE_READ = 64 * 1024
+# Why 64 KiB: the head of a message (session-key packets, then the encrypted packet's header) fits in it many
+# times over; a message whose encrypted packet starts later is opened the ordinary way, after the download.
+HEAD_LIMIT = 64 * 1024
 
 
 def head_seipd_version(head: bytes) -> int | None:
@@ -55,42 +47,20 @@ def head_seipd_version(head: bytes) -> int | None:
 
     None: ``head`` is too short to tell yet.
     """
-    pos, recipients = 0, 0
-    while pos < len(head):
-        ctb = head[pos]
-        if not ctb & 0x80:
+    recipients = 0
+    try:
+        for packet in packets.walk_bytes(head, prefix=True):
+            if packet.tag in packets.SESSION_KEYS:
+                if packet.body_end is None:
+                    return None
+                recipients += 1
+                continue
+            if packet.tag == packets.SEIPD and recipients:
+                return head[packet.body_start] if packet.body_start < len(head) else None
             return 0
-        if ctb & 0x40:  # new format
-            tag, at = ctb & 0x3F, pos + 1
-            if at >= len(head):
-                return None
-            first = head[at]
-            if first < 192:
-                start, length = at + 1, first
-            elif first < 224:
-                if at + 1 >= len(head):
-                    return None
-                start, length = at + 2, ((first - 192) << 8) + head[at + 1] + 192
-            elif first == 255:
-                if at + 5 > len(head):
-                    return None
-                start, length = at + 5, int.from_bytes(head[at + 1 : at + 5], "big")
-            else:  # partial body: only the encrypted packet may start that way
-                start, length = at + 1, -1
-        else:
-            tag, width = (ctb >> 2) & 0x0F, {0: 1, 1: 2, 2: 4}.get(ctb & 0x03)
-            if width is None:
-                start, length = pos + 1, -1
-            else:
-                if pos + 1 + width > len(head):
-                    return None
-                start, length = pos + 1 + width, int.from_bytes(head[pos + 1 : pos + 1 + width], "big")
-        if tag in (_PKESK, _SKESK) and length >= 0:
-            recipients += 1
-            pos = start + length
-            continue
-        if tag == _SEIPD and recipients:
-            return head[start] if start < len(head) else None
+    except packets.Truncated:
+        return None
+    except packets.Malformed:
         return 0
     return None
 
@@ -98,7 +68,7 @@ def head_seipd_version(head: bytes) -> int | None:
 class GnupgStream:
     """GnuPG decrypting a download as it arrives; see the module docstring. Not reusable."""
 
-    def __init__(self, dst: Path, *, keys: OurKeys, sender: Cert, max_output: int, gpg: str | None) -> None:
+    def __init__(self, dst: Path, *, keys: SecretKey, sender: Cert, max_output: int, gpg: str | None) -> None:
         self.part = dst.with_name(f".{dst.name}.part")
         self._keys, self._sender, self._max_output, self._gpg = keys, sender, max_output, gpg
         self._head = bytearray()
@@ -125,7 +95,7 @@ class GnupgStream:
         if self._active is None:
             self._head += data
             version = head_seipd_version(bytes(self._head))
-            if version is None and len(self._head) < _HEAD_LIMIT:
+            if version is None and len(self._head) < HEAD_LIMIT:
                 return
             if version != 1 or self._gpg is None or not await asyncio.to_thread(self._start, self._gpg):
                 self._active = False
@@ -136,13 +106,13 @@ class GnupgStream:
 
     def _start(self, gpg: str) -> bool:
         try:
-            _home, base = self._home.enter_context(_gnupg_home(gpg, self._keys, self._sender))
-        except _GnuPGCannot:
+            _home, base = self._home.enter_context(gnupg.gnupg_home(gpg, self._keys, self._sender))
+        except gnupg.GnupgCannot:
             self._home.close()
             return False
         self.part.unlink(missing_ok=True)
         status_r, status_w = os.pipe()
-        cmd = gnupg_decrypt_command(base, status_fd=status_w, max_output=self._max_output, output="-", source="-")
+        cmd = gnupg.decrypt_command(base, status_fd=status_w, max_output=self._max_output, output="-", source="-")
         try:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(status_w,)
@@ -185,7 +155,7 @@ class GnupgStream:
         with contextlib.suppress(BrokenPipeError, ValueError):  # GnuPG stopped early: its status lines say why
             self._proc.stdin.write(data)
 
-    def finish(self) -> GnupgRun | None:
+    def finish(self) -> gnupg.GnupgRun | None:
         """After the whole file went through the tee: wait for GnuPG; None if it never ran (open afresh)."""
         if not self._active or self._proc is None:
             self.discard()
@@ -195,7 +165,7 @@ class GnupgStream:
             assert proc.stdin is not None
             proc.stdin.close()
         try:
-            proc.wait(timeout=GPG_OPEN_TIMEOUT)
+            proc.wait(timeout=gnupg.GPG_OPEN_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.discard()
             return None
@@ -207,9 +177,8 @@ class GnupgStream:
             return None
         self._home.close()
         self._active, self._proc = False, None  # the partial file is open_message's from here on
-        raw = self._status.decode("utf-8", "replace")
-        lines = [line.removeprefix("[GNUPG:] ").split() for line in raw.splitlines() if line.startswith("[GNUPG:] ")]
-        return GnupgRun(lines, self._stderr.decode("utf-8", "replace"), self._digest.hexdigest(), self._size)
+        stderr = self._stderr.decode("utf-8", "replace")
+        return gnupg.GnupgRun(gnupg.status_lines(bytes(self._status)), stderr, self._digest.hexdigest(), self._size)
 
     def discard(self) -> None:
         """Stop GnuPG and delete what it wrote; safe to call at any time, and twice."""

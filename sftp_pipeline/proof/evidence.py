@@ -34,7 +34,7 @@ from pysequoia.packet import PacketPile, Tag
 
 from sftp_pipeline.clock import parse_rfc3339
 from sftp_pipeline.config import Config
-from sftp_pipeline.errors import KeyError_, PipelineError
+from sftp_pipeline.errors import KeyError_, PipelineError, ReceiptInvalid
 from sftp_pipeline.keys import OPENPGP_CERT_NAME, load_partner_cert
 from sftp_pipeline.ledger.sqlite import Inbound, Ledger, Transfer
 from sftp_pipeline.proof.audit import (
@@ -48,7 +48,7 @@ from sftp_pipeline.proof.audit import (
     sync_audit,
 )
 from sftp_pipeline.proof.audit import verify_lines as verify_audit_lines
-from sftp_pipeline.proof.receipts import MAX_RECEIPT_BYTES, Receipt, ReceiptInvalid, receipt_file_names, verify_receipt
+from sftp_pipeline.proof.receipts import MAX_RECEIPT_BYTES, Receipt, receipt_file_names, verify_receipt
 
 FORMAT = "sftp-pipeline-evidence/1"
 # Why 512 MiB: aggregation files run to hundreds of MB; beyond this the bundle carries the hash only.

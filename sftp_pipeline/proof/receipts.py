@@ -27,14 +27,13 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import pysequoia
-from pysequoia.packet import HashAlgorithm, PacketPile, SignatureType, Tag
-
 from sftp_pipeline import SOFTWARE, __version__
 from sftp_pipeline.clock import rfc3339
-from sftp_pipeline.errors import KeyPolicyError, PipelineError
+from sftp_pipeline.errors import ReceiptInvalid, ReceiptReason, SignatureRefused
 from sftp_pipeline.names import DOCUMENT_TYPE_RE, TRANSFER_ID_RE, is_safe_name, parse_sealed_name
-from sftp_pipeline.openpgp import CLOCK_SKEW, Cert, SigningKey, check_cert, describe_cert
+from sftp_pipeline.openpgp import CLOCK_SKEW, Cert, SigningKey
+from sftp_pipeline.openpgp.rejections import CODES as OPEN_REJECTION_CODES
+from sftp_pipeline.openpgp.signatures import sign_detached, verify_detached
 
 FORMAT = "sftp-pipeline-receipt/1"
 RECEIPT_SUFFIX = ".receipt.json"
@@ -55,45 +54,13 @@ RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z
 
 STATUS_OK = "ok"
 # The rejection codes a receiver may report; the same codes OpenRejected.status carries.
-REJECTION_CODES = frozenset(
-    {
-        "decryption-failed",
-        "signature-invalid",
-        "unknown-signer",
-        "unauthorised-document",
-        "not-encrypted-to-us",
-        "not-encrypted",
-        "unsigned",
-        "signature-future",
-        "signer-expired",
-        "signer-revoked",
-        "tampered",
-        "integrity-missing",
-        "malformed",
-        "oversize",
-        "weak-algorithm",
-        "duplicate-conflict",
-    }
-)
+# The rejection codes a receiver may report: every code open_message refuses with (OpenRejected.status), and
+# the ones the collect flow decides before or beside opening.
+REJECTION_CODES = OPEN_REJECTION_CODES | {"decryption-failed", "unauthorised-document", "duplicate-conflict"}
 DISPOSITIONS = ("accepted", "rejected")
 REASONS = ("bad-signature", "wrong-signer", "malformed", "wrong-parties", "unsigned")
-# Data signatures made with these hashes can be forged (SHA-1 chosen-prefix collisions, 2020).
-_WEAK_HASHES = (HashAlgorithm.MD5, HashAlgorithm.SHA1, HashAlgorithm.RipeMD)
 
 Disposition = Literal["accepted", "rejected"]
-ReceiptReason = Literal["bad-signature", "wrong-signer", "malformed", "wrong-parties", "unsigned"]
-
-
-class ReceiptInvalid(PipelineError):
-    """A receipt was refused; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: ReceiptReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class ReceiptSigningError(PipelineError):
-    """Our own key could not sign a receipt (locked, not signing-capable)."""
 
 
 @dataclass(frozen=True)
@@ -217,14 +184,7 @@ def sign_receipt(receipt: Receipt, signer: SigningKey) -> dict[str, bytes]:
     """The files to upload, in upload order: ``{json name: canonical JSON, sig name: detached signature}``."""
     json_name, sig_name = receipt_file_names(receipt.transfer_id)
     body = receipt.to_json()
-    try:
-        signature = pysequoia.sign(signer.handle, body, mode=pysequoia.SignatureMode.DETACHED, armor=False)
-    except (RuntimeError, ValueError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReceiptSigningError(
-            f"signing receipt {json_name} with key {signer.cert.fingerprint.lower()} failed: {message}"
-        ) from exc
-    return {json_name: body, sig_name: signature}
+    return {json_name: body, sig_name: sign_detached(signer, body, what=f"receipt {json_name}")}
 
 
 # ------------------------------------------------------------------------------------------ verify
@@ -254,13 +214,7 @@ def _pick_files(files: dict[str, bytes]) -> tuple[str, bytes, bytes | None]:
     return json_name, files[json_name], files.get(sig_name)
 
 
-def _signing_keys(cert: Cert, now: datetime) -> dict[str, bool]:
-    """Fingerprint of every signing-capable key of ``cert`` → whether it is usable at ``now``."""
-    return {k.fingerprint: k.usable for k in describe_cert(cert, now).keys if k.can_sign}
-
-
 def _check_signature(json_name: str, body: bytes, sig_bytes: bytes | None, issuer_cert: Cert, now: datetime) -> None:
-    issuer = issuer_cert.fingerprint.lower()
     if not sig_bytes:
         raise _invalid(
             "unsigned",
@@ -269,57 +223,9 @@ def _check_signature(json_name: str, body: bytes, sig_bytes: bytes | None, issue
             "(`gpg --detach-sign`) and upload the .sig after the .json",
         )
     try:
-        check_cert(issuer_cert, purpose="verify", now=now, label="receipt issuer")
-    except KeyPolicyError as exc:
-        raise _invalid("bad-signature", json_name, f"the issuer's certificate cannot verify: {exc}") from exc
-    # Binary only, one packet, nothing after it: armor and pysequoia's Sig parser both ignore trailing data.
-    if not sig_bytes[0] & 0x80:
-        raise _invalid("bad-signature", json_name, "the .sig is not a binary OpenPGP signature (do not use --armor)")
-    try:
-        packets = list(PacketPile.from_bytes(sig_bytes))
-    except (RuntimeError, ValueError) as exc:
-        raise _invalid("bad-signature", json_name, "the .sig cannot be parsed as one OpenPGP signature") from exc
-    if len(packets) != 1 or packets[0].tag != Tag.Signature or len(bytes(packets[0])) != len(sig_bytes):
-        raise _invalid("bad-signature", json_name, "the .sig must hold exactly one signature packet and nothing else")
-    packet = packets[0]
-    if packet.signature_type != SignatureType.Binary:
-        raise _invalid("bad-signature", json_name, "the signature is not a binary-document signature (no --textmode)")
-    if packet.hash_algorithm in _WEAK_HASHES:
-        raise _invalid("bad-signature", json_name, f"the signature uses the weak hash {packet.hash_algorithm}")
-    created = packet.signature_created
-    if created is None or created > now + CLOCK_SKEW:
-        raise _invalid(
-            "bad-signature", json_name, f"the signature's creation time {created} is missing or in the future"
-        )
-    claimed = (packet.issuer_fingerprint or "").lower()
-    key_id = (packet.issuer_key_id or "").lower()
-    signing = _signing_keys(issuer_cert, now)
-    matches = [f for f in signing if f == claimed or (not claimed and key_id and f.endswith(key_id))]
-    if not matches:
-        raise _invalid(
-            "wrong-signer",
-            json_name,
-            f"signed by key {claimed or key_id or '(unnamed)'}, not by the issuer's certificate {issuer}",
-        )
-    # Sequoia judges a key's expiry at signature time; a receipt is checked against the key as it is now.
-    if not any(signing[f] for f in matches):
-        raise _invalid(
-            "bad-signature",
-            json_name,
-            f"signed by subkey {matches[0]} of {issuer}, which is expired or revoked now; ask the issuer to re-sign",
-        )
-    try:
-        sig = pysequoia.Sig.from_bytes(sig_bytes)
-        result = pysequoia.verify(bytes=body, store=lambda _ids: [issuer_cert], signature=sig)
-    except (RuntimeError, ValueError) as exc:
-        raise _invalid(
-            "bad-signature",
-            json_name,
-            f"the signature by {issuer} does not verify: the receipt was altered or re-signed",
-        ) from exc
-    valid = [s for s in result.valid_sigs if str(s.certificate).lower() == issuer]
-    if len(valid) != 1 or len(result.valid_sigs) != 1:
-        raise _invalid("bad-signature", json_name, f"expected exactly one valid signature by {issuer}")
+        verify_detached(body, sig_bytes, issuer_cert, now=now)
+    except SignatureRefused as exc:
+        raise _invalid(exc.reason, json_name, str(exc)) from exc
 
 
 def _reject_constant(name: str) -> Any:

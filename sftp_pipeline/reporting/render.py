@@ -33,12 +33,11 @@ from html import escape
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pysequoia
-
 from sftp_pipeline.clock import rfc3339
-from sftp_pipeline.errors import CryptoError, PipelineError
+from sftp_pipeline.errors import PipelineError, SignatureRefused
 from sftp_pipeline.fsutil import remove_stale_temps
 from sftp_pipeline.openpgp import Cert, SigningKey
+from sftp_pipeline.openpgp.signatures import sign_detached, verify_detached
 from sftp_pipeline.proof.reconcile import EXCEPTIONS, IN_CLASSES, OUT_CLASSES, Line, ReceiptNote, Reconciliation
 
 CSV_COLUMNS = (
@@ -438,29 +437,17 @@ def render_csv(rec: Reconciliation, *, tz: ZoneInfo) -> bytes:
 # ------------------------------------------------------------------------------------------ sign & write
 
 
-def sign_detached(signer: SigningKey, data: bytes) -> bytes:
-    """A binary detached OpenPGP signature over ``data`` by our signing key."""
-    try:
-        return bytes(pysequoia.sign(signer.handle, data, mode=pysequoia.SignatureMode.DETACHED, armor=False))
-    except (RuntimeError, ValueError) as exc:
-        raise CryptoError(
-            f"cannot sign the report with key {signer.cert.fingerprint}: {str(exc).splitlines()[0]}; "
-            "check the key is unlocked, not expired and signing-capable"
-        ) from exc
-
-
-def verify_report_signature(data_path: Path, sig_path: Path, cert: Cert) -> bool:
-    """True when ``sig_path`` is a valid detached signature over ``data_path`` by ``cert``.
+def verify_report_signature(data_path: Path, sig_path: Path, cert: Cert, *, now: datetime | None = None) -> bool:
+    """True when ``sig_path`` is a valid detached signature over ``data_path`` by ``cert``, by the same strict
+    rules as a receipt's (:func:`~sftp_pipeline.openpgp.signatures.verify_detached`, at ``now``).
 
     The same check with GnuPG: ``gpg --import cert.asc && gpg --verify report-….html.sig report-….html``.
     """
     try:
-        sig = pysequoia.Sig.from_bytes(sig_path.read_bytes())
-        result = pysequoia.verify(bytes=data_path.read_bytes(), store=lambda _ids: [cert], signature=sig)
-    except (RuntimeError, ValueError):
+        verify_detached(data_path.read_bytes(), sig_path.read_bytes(), cert, now=now or datetime.now(UTC))
+    except SignatureRefused:
         return False
-    wanted = cert.fingerprint.lower()
-    return any(str(s.certificate).lower() == wanted for s in result.valid_sigs)
+    return True
 
 
 def _publish(directory: Path, name: str, data: bytes) -> Path:
@@ -517,7 +504,8 @@ def write_report(
     fingerprint = signer.cert.fingerprint
     html = render_html(rec, tz=tz, audit_head=audit_head, stem=stem, signer_fingerprint=fingerprint).encode()
     table = render_csv(rec, tz=tz)
-    html_sig, csv_sig = sign_detached(signer, html), sign_detached(signer, table)
+    html_sig = sign_detached(signer, html, what=f"the report {stem}.html")
+    csv_sig = sign_detached(signer, table, what=f"the report {stem}.csv")
     files = ReportFiles(
         html=_publish(directory, f"{stem}.html", html),
         html_sig=_publish(directory, f"{stem}.html.sig", html_sig),

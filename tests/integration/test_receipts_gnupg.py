@@ -13,8 +13,9 @@ from pathlib import Path
 import pysequoia
 import pytest
 
+from sftp_pipeline.errors import ReceiptInvalid
 from sftp_pipeline.names import new_transfer_id, sealed_name
-from sftp_pipeline.proof.receipts import ReceiptInvalid, receipt_file_names, verify_receipt
+from sftp_pipeline.proof.receipts import receipt_file_names, verify_receipt
 from tests.conftest import require_tool
 from tests.peers.gpg import GnuPG
 

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.gpg]
 LARGE_BYTES = 256 * 1024 * 1024
 # Why 128 MiB: the receive target (bench/README.md); measured ~70-80 MiB for collect (gpg streams in ~10 MiB).
 MAX_PEAK_MIB_GNUPG = 128
-# Why 300 MiB: Sequoia buffers ~163 MiB of its own whatever the size (openpgp.open.SEQUOIA_BUFFER_MIB) on top of
+# Why 300 MiB: Sequoia buffers ~163 MiB of its own whatever the size (openpgp.sequoia.SEQUOIA_BUFFER_MIB) on top of
 # the ~70 MiB interpreter; measured ~226 MiB. Before it read through a pipe it held ~1.9x the file (484 MiB).
 MAX_PEAK_MIB_SEQUOIA = 300
 # Why 600 s: a hard stop for a hung child on a very slow machine; the test itself takes well under a minute.

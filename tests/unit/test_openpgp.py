@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sftp_pipeline import errors
-from sftp_pipeline.openpgp import SigningKey, check_cert, describe_cert, seal
-from sftp_pipeline.openpgp.seal import _packets
+from sftp_pipeline.openpgp import SigningKey, check_cert, describe_cert, packets, seal
 
 NOW = datetime.now(UTC)
 
@@ -156,9 +155,10 @@ def test_signing_key_repr_hides_the_handle(signer: SigningKey) -> None:
 def test_packet_header_parser_handles_all_length_forms() -> None:
     old_one_octet = bytes([0x80 | (1 << 2) | 0, 3]) + b"abc"
     new_two_octet = bytes([0xC0 | 18, 192, 8]) + b"\x01" + b"z" * 199
-    assert [(t, len(b)) for t, b in _packets(old_one_octet + new_two_octet)] == [(1, 3), (18, 200)]
-    with pytest.raises(errors.CryptoError):
-        list(_packets(b"\x00garbage"))
+    walked = packets.walk_bytes(old_one_octet + new_two_octet)
+    assert [(p.tag, (p.body_end or 0) - p.body_start) for p in walked] == [(1, 3), (18, 200)]
+    with pytest.raises(packets.Malformed):
+        list(packets.walk_bytes(b"\x00garbage"))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

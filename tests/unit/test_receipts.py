@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sftp_pipeline.errors import ReceiptInvalid
 from sftp_pipeline.names import new_transfer_id, sealed_name
 from sftp_pipeline.openpgp import SigningKey
 from sftp_pipeline.proof.receipts import (
@@ -18,7 +19,6 @@ from sftp_pipeline.proof.receipts import (
     MAX_RECEIPT_BYTES,
     REJECTION_CODES,
     Receipt,
-    ReceiptInvalid,
     build_receipt,
     receipt_file_names,
     sign_receipt,
@@ -377,7 +377,7 @@ def test_post_quantum_issuer_round_trip() -> None:
 
 def test_every_open_status_is_a_receipt_status() -> None:
     """What open_message can reject with, a receipt must be able to say."""
-    from sftp_pipeline.openpgp import open as openpgp_open
+    from sftp_pipeline.openpgp import rejections as openpgp_open
 
     names = [
         "NOT_ENCRYPTED_TO_US",

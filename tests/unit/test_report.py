@@ -353,6 +353,19 @@ def test_other_key_or_garbage_signature_fails(tmp_path: Path, signer: SigningKey
     assert not verify_report_signature(files.html, files.html_sig, signer.cert)
 
 
+def test_the_report_verifier_is_as_strict_as_the_receipts(tmp_path: Path, signer: SigningKey) -> None:
+    """One verifier for reports and receipts: a .sig with anything beside its one signature is refused (the
+    report's old verifier took any valid signature among several, and ignored trailing bytes)."""
+    files = write_report(_rec(), tmp_path, signer=signer, tz=CHICAGO)
+    sig = files.html_sig.read_bytes()
+    files.html_sig.write_bytes(sig + sig)  # two valid signatures by the right key
+    assert not verify_report_signature(files.html, files.html_sig, signer.cert)
+    files.html_sig.write_bytes(sig + b"\x00trailing")
+    assert not verify_report_signature(files.html, files.html_sig, signer.cert)
+    files.html_sig.write_bytes(sig)
+    assert verify_report_signature(files.html, files.html_sig, signer.cert)
+
+
 def test_never_overwrites_an_existing_report(tmp_path: Path, signer: SigningKey) -> None:
     first = write_report(_rec(), tmp_path, signer=signer, tz=CHICAGO)
     before = {p: p.read_bytes() for p in tmp_path.iterdir()}
