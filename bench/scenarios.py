@@ -392,7 +392,7 @@ def small_floor(lab: Lab, repeat: int, count: int = SMALL_COUNT) -> dict[str, fl
 def _fill_ledger(path: Path, count: int, now: datetime) -> None:
     """``count`` outbound transfers shaped like real ones (most receipted, some pending, some rejected),
     each with its receipt record, in one transaction. A benchmark shortcut: the ledger API would take minutes."""
-    from sftp_pipeline.ledger.sqlite import timestamp
+    from sftp_pipeline.clock import rfc3339 as timestamp
 
     types = ["invoice", "transaction_confirmation", "aggregation_data", "billing_payment", "outage_info"]
     transfers, receipts = [], []

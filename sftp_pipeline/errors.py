@@ -112,6 +112,14 @@ class LedgerError(PipelineError):
     """The ledger could not be read or written."""
 
 
+class DuplicateContent(LedgerError):
+    """The same name and content was already sent to this partner (``original`` is that transfer's id)."""
+
+    def __init__(self, original: str) -> None:
+        super().__init__(f"same name and content already sent as transfer {original}")
+        self.original = original
+
+
 class DiskFullError(PipelineError):
     """A local file system has no space left (or the quota is used up); the work stays queued for a retry."""
 

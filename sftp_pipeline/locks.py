@@ -1,5 +1,6 @@
-"""File locks on the state directory: one daemon per state directory; a send job, or a partner's collect or
-receipt work, one run at a time.
+"""File locks (``flock``) on the state directory, for what one machine shares: one daemon per state directory,
+one flush of the mail outbox, and — as the SQLite ledger's run locks (:meth:`~sftp_pipeline.ledger.Ledger.turn`)
+— a send job, or a partner's collect or receipt work, one run at a time.
 
 A send run starts by finishing its job's unfinished transfers, a collect run the partner's unfinished inbound
 documents: two runs doing that at once (the daemon's watched job and an operator's ``send`` of the same job, a

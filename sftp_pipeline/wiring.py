@@ -15,7 +15,8 @@ from pathlib import Path
 from sftp_pipeline.clock import Clock, rfc3339, utc_now
 from sftp_pipeline.config import Config, Partner
 from sftp_pipeline.keys import OurKeys, load_our_keys
-from sftp_pipeline.ledger.sqlite import Ledger
+from sftp_pipeline.ledger import Ledger
+from sftp_pipeline.ledger.sqlite import SqliteLedger
 from sftp_pipeline.transport import Transport
 from sftp_pipeline.transport.local import LocalTransport
 from sftp_pipeline.transport.retry import RetryingTransport
@@ -57,11 +58,11 @@ class Runtime:
 def open_runtime(config: Config, *, clock: Clock = utc_now) -> Runtime:
     keys = load_our_keys(config, clock())
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    return Runtime(config, keys, Ledger(config.state_dir / LEDGER_NAME, clock=clock), clock)
+    return Runtime(config, keys, SqliteLedger(config.state_dir / LEDGER_NAME, clock=clock), clock)
 
 
 def open_ledger(config: Config, *, clock: Clock = utc_now) -> Ledger:
-    return Ledger(config.state_dir / LEDGER_NAME, clock=clock)
+    return SqliteLedger(config.state_dir / LEDGER_NAME, clock=clock)
 
 
 async def connect(config: Config, keys: OurKeys, partner: Partner) -> Transport:

@@ -43,8 +43,7 @@ from sftp_pipeline.flows.intake import quarantine_file
 from sftp_pipeline.flows.service import Service, TransportFactory
 from sftp_pipeline.fsutil import fsync_dir, move_into, sha256_file
 from sftp_pipeline.keys import OurKeys, load_partner_cert
-from sftp_pipeline.ledger.sqlite import Inbound, Ledger
-from sftp_pipeline.locks import turn
+from sftp_pipeline.ledger import Inbound, Ledger
 from sftp_pipeline.names import is_safe_name, parse_sealed_name
 from sftp_pipeline.openpgp.gnupg import GnupgRun
 from sftp_pipeline.openpgp.open import open_message
@@ -122,9 +121,9 @@ class Collector(Service):
                 report.outcomes.append(Outcome(partner.id, "", None, "pending", f"cannot connect: {exc}"))
                 continue
             try:
-                # One collect run per partner at a time (see sftp_pipeline.locks): both would finish the same
+                # One collect run per partner at a time (the ledger's run locks): both would finish the same
                 # unfinished rows.
-                async with turn(self.config.state_dir, "collect", partner.id):
+                async with self.ledger.turn("collect", partner.id):
                     await self._collect_all(job, partner, transport, report)
             finally:
                 await transport.close()
@@ -466,7 +465,7 @@ def collect_on_upload(
         local = LocalTransport(config.hosted_root(partner_id), partner_id=partner_id)
         # Never beside a collect run for this partner (the daemon's, or an operator's `collect`: both would
         # open this upload); beside other uploads' collection, yes. When a run took it meanwhile, nothing is left.
-        async with turn(config.state_dir, "collect", partner_id, shared=True):
+        async with collector.ledger.turn("collect", partner_id, shared=True):
             if not path.exists():
                 return
             outcome = await collector.collect_one(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Generic, NamedTuple, TypeVar
 
 from sftp_pipeline.fsutil import fsync_dir
-from sftp_pipeline.ledger.sqlite import Change, Ledger, Transfer
+from sftp_pipeline.ledger import Change, Ledger, OutboundState, Transfer
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -78,7 +78,7 @@ class GroupCommitter(_Batches[Change, Transfer]):
         return await self._submit(change)
 
     async def transition(
-        self, transfer_id: str, new_state: str, detail: str | None = None, **values: object
+        self, transfer_id: str, new_state: OutboundState, detail: str | None = None, **values: object
     ) -> Transfer:
         return await self.apply(Change(transfer_id, "transition", new_state, detail, dict(values)))
 

@@ -64,8 +64,7 @@ from sftp_pipeline.faults import crash_point
 from sftp_pipeline.flows.service import Service, TransportFactory
 from sftp_pipeline.fsutil import fsync_dir, move_into
 from sftp_pipeline.keys import OurKeys, load_partner_cert
-from sftp_pipeline.ledger.sqlite import Ledger, Transfer
-from sftp_pipeline.locks import turn
+from sftp_pipeline.ledger import Ledger, OutboundState, ReceiptRecord, Transfer
 from sftp_pipeline.openpgp import Cert, check_cert
 from sftp_pipeline.proof.receipts import MAX_RECEIPT_BYTES, RECEIPT_SUFFIX, SIGNATURE_SUFFIX, Receipt, verify_receipt
 from sftp_pipeline.transport import RemoteEntry, Transport
@@ -162,7 +161,7 @@ def classify_listing(entries: Sequence[RemoteEntry]) -> Listing:
 class Judgement:
     verdict: str
     detail: str
-    new_state: str | None = None  # the transition to make, if any
+    new_state: OutboundState | None = None  # the transition to make, if any
     values: dict[str, Any] = field(default_factory=dict)  # ledger columns set with it
 
 
@@ -244,9 +243,9 @@ class ReceiptPuller(Service):
         """Pull and settle the receipts of every partner named by ``jobs`` (each partner once)."""
         report = PullReport()
         for partner_id in dict.fromkeys(job.partner for job in jobs):
-            # One pull per partner at a time (see sftp_pipeline.locks): both would clear and fill the same
+            # One pull per partner at a time (the ledger's run locks): both would clear and fill the same
             # staging folder.
-            async with turn(self.config.state_dir, "receipts", partner_id):
+            async with self.ledger.turn("receipts", partner_id):
                 await _PartnerPull(self, self.config.partner(partner_id), report).run()
         return report
 
@@ -298,7 +297,7 @@ class _PartnerPull:
     async def _report_unpaired(self, transport: Transport, listing: Listing) -> None:
         for entry in listing.waiting:
             tid = entry.name[: -len(RECEIPT_SUFFIX)]
-            seen = [r for r in self.p.ledger.receipts_for(self.partner.id, tid) if r["name"] == entry.name]
+            seen = [r for r in self.p.ledger.receipts_for(self.partner.id, tid) if r.name == entry.name]
             if seen and await self._is_our_leftover(transport, entry.name, seen):
                 await transport.remove(self.directory, entry.name)
                 self._outcome(
@@ -383,7 +382,7 @@ class _PartnerPull:
     def _recorded(self, tid: str, json_name: str) -> bool:
         """Whether a receipt of this name already settled ``tid`` in the ledger."""
         return any(
-            r["name"] == json_name and r["verdict"] in SETTLED_STATES
+            r.name == json_name and r.verdict in SETTLED_STATES
             for r in self.p.ledger.receipts_for(self.partner.id, tid)
         )
 
@@ -420,7 +419,7 @@ class _PartnerPull:
                 files[name] = fh.read(MAX_RECEIPT_BYTES + 1)
         return files
 
-    async def _is_our_leftover(self, transport: Transport, name: str, recorded: list[dict[str, Any]]) -> bool:
+    async def _is_our_leftover(self, transport: Transport, name: str, recorded: list[ReceiptRecord]) -> bool:
         """Whether the lone ``name`` holds exactly the bytes of a receipt of that name we already recorded."""
         local = self.staging / "leftover" / name
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -430,7 +429,7 @@ class _PartnerPull:
                 data = fh.read(MAX_RECEIPT_BYTES + 1)
         finally:
             local.unlink(missing_ok=True)
-        return any(r["receipt_json"] == data for r in recorded)
+        return any(r.receipt_json == data for r in recorded)
 
     async def _remove(self, transport: Transport, pair: Pair) -> None:
         # The .sig first: a pair cut in half by a crash is then "still uploading", never a receipt seen twice.

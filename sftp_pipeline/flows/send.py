@@ -2,7 +2,7 @@
 
 Every step writes the ledger before it moves on, so a crash between any two
 steps is finished by the next run (:meth:`Outbound.run` always starts with its
-jobs' unfinished transfers; a job runs once at a time, :mod:`sftp_pipeline.locks`) and
+jobs' unfinished transfers; a job runs once at a time, by the ledger's run locks) and
 nothing is uploaded twice to a final name: the remote name is fixed at claim
 time, and an upload that finds its final name already complete records it
 instead of sending again.
@@ -27,6 +27,7 @@ from sftp_pipeline.config import Config, Partner, SendJob
 from sftp_pipeline.errors import (
     CryptoError,
     DiskFullError,
+    DuplicateContent,
     KeyPolicyError,
     LedgerError,
     PermanentTransportError,
@@ -41,8 +42,7 @@ from sftp_pipeline.flows.intake import quarantine_file, scan
 from sftp_pipeline.flows.service import Service, TransportFactory
 from sftp_pipeline.fsutil import fsync_dir, move_into, sha256_file
 from sftp_pipeline.keys import OurKeys, load_partner_cert
-from sftp_pipeline.ledger.sqlite import Change, DuplicateContent, Ledger, Transfer
-from sftp_pipeline.locks import lock_path, try_hold, turns
+from sftp_pipeline.ledger import Change, Ledger, OutboundState, Transfer
 from sftp_pipeline.names import new_transfer_id, sealed_name
 from sftp_pipeline.openpgp import SealKeys, check_seal_keys, seal
 from sftp_pipeline.transport import Progress, Transport
@@ -140,8 +140,8 @@ class Outbound(Service):
         # A job runs once at a time (the daemon's, an operator's `send` beside it, any process): each run starts
         # by finishing its jobs' unfinished transfers, and two runs would both take a document in flight.
         # Transfers of a job no longer configured for this partner go to whichever run holds its "orphans" lock.
-        async with turns(self.config.state_dir, "send", [job.name for job in jobs]):
-            with try_hold(lock_path(self.config.state_dir, "orphans", partner.id)) as orphans:
+        async with self.ledger.turns("send", [job.name for job in jobs]):
+            with self.ledger.try_turn("orphans", partner.id) as orphans:
                 await self._send_to(partner, jobs, report, retry_failed, orphans=orphans)
 
     async def _send_to(
@@ -155,7 +155,7 @@ class Outbound(Service):
 
         if retry_failed:
             for transfer in filter(ours, self.ledger.by_state("failed", partner.id)):
-                back = "sealed" if transfer.sealed_at and transfer.sealed_path else "claimed"
+                back: OutboundState = "sealed" if transfer.sealed_at and transfer.sealed_path else "claimed"
                 self.ledger.transition(transfer.id, back, "retry requested", last_error=None)
         work: list[Transfer] = [t for t in self.ledger.unfinished(partner.id) if ours(t)]
         # Before the drop folders are scanned: a file whose claim committed but whose move a crash cut off is

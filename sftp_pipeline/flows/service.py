@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from sftp_pipeline.clock import Clock, utc_now
 from sftp_pipeline.config import Config, Partner
 from sftp_pipeline.keys import OurKeys
-from sftp_pipeline.ledger.sqlite import Ledger
+from sftp_pipeline.ledger import Ledger
 from sftp_pipeline.transport import Transport
 
 # Reaches one partner: their SFTP server, or the folder our own server serves them (runtime.connect).

@@ -1,21 +1,9 @@
-"""The ledger: one SQLite (WAL) row per document, and an event row per state change.
+"""The SQLite ledger store: one WAL-mode file per party, for one machine (the default).
 
-State machine of an outbound transfer::
-
-    claimed ──▶ sealed ──▶ uploaded ──▶ receipted | rejected | mismatch | invalid-receipt
-       │           │                                                      │ (a later valid receipt
-       │           │                                                      └──▶ still settles it)
-       ├──▶ duplicate (same name + same content already sent to this partner)
-       └──▶ failed ◀┘  (permanent error; ``send --retry-failed`` puts it back)
-
-A transient error leaves the state unchanged with ``last_error`` and
-``attempts`` set, so the next run picks the document up again. Every
-transition is one transaction that also appends to ``events``; the
-transition table is a pure function (:func:`check_transition`).
-
-Inbound documents (``inbound``: received → accepted | rejected, keyed by the
-partner and *their* transfer id) and the receipts partners send us
-(``receipts``, one row per receipt whatever our verdict) live beside it.
+Every transition is one transaction that also appends to ``events`` and ``audit_events``; many documents'
+changes share one commit (:meth:`SqliteLedger.apply`). Run locks are ``flock`` files in a ``locks`` folder
+beside the file (:mod:`sftp_pipeline.locks`): they exclude other processes on this machine, and the kernel
+releases them when a process dies.
 """
 
 from __future__ import annotations
@@ -24,38 +12,39 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from datetime import datetime
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from sftp_pipeline import locks
 from sftp_pipeline.clock import Clock, rfc3339, utc_now
-from sftp_pipeline.errors import LedgerError
+from sftp_pipeline.errors import DuplicateContent, LedgerError
+from sftp_pipeline.ledger.interface import Ledger
+from sftp_pipeline.ledger.rows import (
+    INBOUND_COLUMNS,
+    TRANSFER_COLUMNS,
+    AuditEvent,
+    Change,
+    Event,
+    Inbound,
+    ReceiptRecord,
+    Transfer,
+)
+from sftp_pipeline.ledger.states import (
+    IN_PROGRESS,
+    INBOUND_OUTCOMES,
+    OPEN_STATES,
+    OutboundState,
+    check_transition,
+    timestamp_column,
+)
 
 SCHEMA_VERSION = 1
 # Why 30 s: a second process (daemon + operator CLI) may hold the write lock through a long batch commit.
 BUSY_TIMEOUT_MS = 30_000
 # Why 500: SQLite allows 999 bound parameters per statement in old builds; 500 ids stay well inside it.
 _IDS_PER_QUERY = 500
-
-OUTBOUND_STATES = ("claimed", "sealed", "uploaded", "failed", "duplicate")
-RECEIPT_STATES = ("receipted", "rejected", "mismatch", "invalid-receipt")
-IN_PROGRESS = ("claimed", "sealed")
-
-_TRANSITIONS: dict[str, frozenset[str]] = {
-    "claimed": frozenset({"sealed", "failed", "duplicate"}),
-    "sealed": frozenset({"uploaded", "failed"}),
-    "uploaded": frozenset(RECEIPT_STATES),
-    # A forged or broken receipt proves nothing either way; a later valid receipt still settles the transfer.
-    "invalid-receipt": frozenset({"receipted", "rejected", "mismatch"}),
-    "failed": frozenset({"claimed", "sealed"}),
-    "duplicate": frozenset(),
-    "receipted": frozenset(),
-    "rejected": frozenset(),
-    "mismatch": frozenset(),
-}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -174,116 +163,24 @@ CREATE TABLE IF NOT EXISTS audit_events (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer:
-    id: str
-    direction: str
-    partner: str
-    job: str | None
-    document_type: str
-    source_name: str
-    source_path: str | None
-    work_path: str | None
-    sealed_path: str | None
-    remote_name: str | None
-    state: str
-    plaintext_sha256: str | None
-    plaintext_size: int | None
-    ciphertext_sha256: str | None
-    ciphertext_size: int | None
-    attempts: int
-    last_error: str | None
-    ssh_kex: str | None
-    ssh_cipher: str | None
-    transport_pq: int | None
-    pgp_algorithms: str | None
-    content_pq: int | None
-    archive_path: str | None
-    archive_sealed_path: str | None
-    duplicate_of: str | None
-    created_at: str
-    claimed_at: str | None
-    sealed_at: str | None
-    uploaded_at: str | None
-    failed_at: str | None
-    archived_at: str | None
-    receipt_status: str | None
-    partner_received_at: str | None
-    partner_validated_at: str | None
-    receipted_at: str | None
-    rejected_at: str | None
-    mismatch_at: str | None
-    invalid_receipt_at: str | None
-    updated_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    partner: str
-    transfer_id: str
-    job: str | None
-    remote_name: str
-    document_type: str
-    state: str
-    ciphertext_sha256: str
-    ciphertext_size: int
-    plaintext_sha256: str | None
-    plaintext_size: int | None
-    sender_key_fingerprint: str | None
-    status: str | None
-    detail: str | None
-    engine: str | None
-    received_at: str
-    validated_at: str | None
-    archive_path: str | None
-    delivered_path: str | None
-    receipt_json: bytes | None
-    receipt_sig: bytes | None
-    receipt_sent_at: str | None
-    source_removed_at: str | None
-    created_at: str
-    updated_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One change for :meth:`Ledger.apply`: a ``claim`` (``values`` = the new row's columns), a ``transition``
-    to ``new_state``, an ``update`` of columns, or the ``plaintext`` hash (``values`` = sha256, size)."""
-
-    transfer_id: str
-    kind: str  # "claim", "transition", "update" or "plaintext"
-    new_state: str | None = None
-    detail: str | None = None
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-_INBOUND_COLUMNS = tuple(f.name for f in fields(Inbound))
-_COLUMNS = tuple(f.name for f in fields(Transfer))
-
-
-class DuplicateContent(LedgerError):
-    """The same name and content was already sent to this partner (``original`` is that transfer's id)."""
-
-    def __init__(self, original: str) -> None:
-        super().__init__(f"same name and content already sent as transfer {original}")
-        self.original = original
-
-
-def check_transition(current: str, new: str) -> None:
-    """Raise LedgerError unless ``current → new`` is a legal state change."""
-    if new not in _TRANSITIONS.get(current, frozenset()):
-        raise LedgerError(f"illegal state change {current} → {new}")
+_COLUMNS = TRANSFER_COLUMNS
+_INBOUND_COLUMNS = INBOUND_COLUMNS
+# The state groups of ledger/states.py as SQL lists (constants: never partner data).
+_IN_PROGRESS = ", ".join(f"'{s}'" for s in IN_PROGRESS)
+_OPEN_STATES = ", ".join(f"'{s}'" for s in OPEN_STATES)
 
 
 class _Refused(Exception):
     """A change of a group was refused: the group is applied again, each change under its own savepoint."""
 
 
-class Ledger:
-    """A handle on the SQLite ledger. Not shared between threads; open one per process."""
+class SqliteLedger(Ledger):
+    """A handle on the SQLite ledger. Shared by one process's event loop and its worker threads (serialised
+    by a lock); every process opens its own."""
 
     def __init__(self, path: Path, *, clock: Clock = utc_now) -> None:
         self.path = path
+        self.where = str(path)
         self._clock = clock
         self._lock = threading.RLock()
         try:
@@ -314,12 +211,6 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def now(self) -> str:
         return rfc3339(self._clock())
 
@@ -338,7 +229,7 @@ class Ledger:
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise LedgerError(f"{self.path}: ledger write failed: {exc}") from exc
+            raise LedgerError(f"{self.where}: ledger write failed: {exc}") from exc
 
     def _event(self, db: sqlite3.Connection, transfer_id: str, at: str, state: str, detail: str | None) -> None:
         db.execute(
@@ -348,35 +239,6 @@ class Ledger:
         self._audit(db, "transfer", transfer_id, at, state, detail)
 
     # -- outbound -----------------------------------------------------------------------------------
-
-    def claim(
-        self,
-        transfer_id: str,
-        *,
-        partner: str,
-        job: str,
-        document_type: str,
-        source_name: str,
-        source_path: str,
-        work_path: str,
-        remote_name: str,
-    ) -> Transfer:
-        """Record that we take ``source_path``; the caller moves it to ``work_path`` next."""
-        values = {"partner": partner, "job": job, "document_type": document_type, "source_name": source_name,
-                  "source_path": source_path, "work_path": work_path, "remote_name": remote_name}  # fmt: skip
-        return _raise_if_error(self.apply([Change(transfer_id, "claim", values=values)])[0])
-
-    def set_plaintext(self, transfer_id: str, sha256: str, size: int) -> None:
-        """Record the content hash; raise DuplicateContent when this content was already sent."""
-        _raise_if_error(self.apply([Change(transfer_id, "plaintext", values={"sha256": sha256, "size": size})])[0])
-
-    def transition(self, transfer_id: str, new_state: str, detail: str | None = None, **values: Any) -> Transfer:
-        """Move a transfer to ``new_state``, setting ``values`` and the state's timestamp, in one transaction."""
-        return _raise_if_error(self.apply([Change(transfer_id, "transition", new_state, detail, values)])[0])
-
-    def update(self, transfer_id: str, detail: str | None = None, **values: Any) -> Transfer:
-        """Set columns without a state change (attempts, last_error, archive paths…)."""
-        return _raise_if_error(self.apply([Change(transfer_id, "update", None, detail, values)])[0])
 
     def apply(self, changes: Sequence[Change]) -> list[Transfer | LedgerError]:
         """Apply ``changes`` in order in ONE transaction (one commit for many documents: group commit).
@@ -411,7 +273,8 @@ class Ledger:
                     else:
                         outcome.append(None)
                     db.execute("RELEASE change")
-        rows = {t.id: t for t in self.get_many([c.transfer_id for c in changes])}
+        applied = dict.fromkeys(c.transfer_id for c, o in zip(changes, outcome, strict=True) if o is None)
+        rows = {t.id: t for t in self.get_many(list(applied))}
         return [o if o is not None else rows[c.transfer_id] for c, o in zip(changes, outcome, strict=True)]
 
     def _apply_one(self, db: sqlite3.Connection, now: str, change: Change) -> None:
@@ -438,12 +301,12 @@ class Ledger:
             raise LedgerError(f"unknown ledger columns: {', '.join(sorted(unknown))}")
         row = db.execute("SELECT state FROM transfers WHERE id = ?", (change.transfer_id,)).fetchone()
         if row is None:
-            raise LedgerError(f"no transfer {change.transfer_id} in {self.path}")
+            raise LedgerError(f"no transfer {change.transfer_id} in {self.where}")
         state = row["state"]
         if change.kind == "transition":
             state = change.new_state or ""
             check_transition(row["state"], state)
-            stamp = f"{state.replace('-', '_')}_at"
+            stamp = timestamp_column(state)  # type: ignore[arg-type]  # checked by check_transition
             if stamp in _COLUMNS:
                 values.setdefault(stamp, now)
             values["state"] = state
@@ -466,7 +329,7 @@ class Ledger:
             dup = DuplicateContent(found["id"] if found else "?")
             dup.__cause__ = exc
             return dup
-        error = LedgerError(f"{self.path}: ledger write failed: {exc}")
+        error = LedgerError(f"{self.where}: ledger write failed: {exc}")
         error.__cause__ = exc
         return error
 
@@ -513,7 +376,7 @@ class Ledger:
         unknown = set(values) - set(_INBOUND_COLUMNS)
         if unknown:
             raise LedgerError(f"unknown inbound columns: {', '.join(sorted(unknown))}")
-        if values.get("state") not in (None, "accepted", "rejected"):
+        if values.get("state") not in (None, *INBOUND_OUTCOMES):
             raise LedgerError(f"illegal inbound state {values['state']}")
         changed = ", ".join(sorted(values))
         now = values["updated_at"] = self.now()
@@ -526,7 +389,7 @@ class Ledger:
             self._audit(db, "inbound", transfer_id, now, None, f"set {changed}", partner=partner)
         found = self.inbound(partner, transfer_id)
         if found is None:
-            raise LedgerError(f"no inbound document {transfer_id} from {partner} in {self.path}")
+            raise LedgerError(f"no inbound document {transfer_id} from {partner} in {self.where}")
         return found
 
     def inbound(self, partner: str, transfer_id: str) -> Inbound | None:
@@ -590,11 +453,11 @@ class Ledger:
             row = db.execute("SELECT fetched_at FROM receipts WHERE seq = ?", (cursor.lastrowid,)).fetchone()
             self._audit(db, "receipt", str(cursor.lastrowid), row["fetched_at"], verdict, reason, partner=partner)
 
-    def receipts_for(self, partner: str, transfer_id: str) -> list[dict[str, Any]]:
+    def receipts_for(self, partner: str, transfer_id: str) -> list[ReceiptRecord]:
         rows = self._rows(
             "SELECT * FROM receipts WHERE partner = ? AND transfer_id = ? ORDER BY seq", (partner, transfer_id)
         )
-        return [dict(r) for r in rows]
+        return [ReceiptRecord(**dict(r)) for r in rows]
 
     def find_outbound(self, partner: str, transfer_id: str) -> Transfer | None:
         rows = self._rows(
@@ -620,13 +483,13 @@ class Ledger:
             try:
                 return self._db.execute(query, params).fetchall()
             except sqlite3.Error as exc:
-                raise LedgerError(f"{self.path}: ledger read failed: {exc}") from exc
+                raise LedgerError(f"{self.where}: ledger read failed: {exc}") from exc
 
     def get(self, transfer_id: str) -> Transfer:
         rows = self._rows("SELECT * FROM transfers WHERE id = ?", (transfer_id,))
         row = rows[0] if rows else None
         if row is None:
-            raise LedgerError(f"no transfer {transfer_id} in {self.path}")
+            raise LedgerError(f"no transfer {transfer_id} in {self.where}")
         return _to_transfer(row)
 
     def get_many(self, transfer_ids: Sequence[str]) -> list[Transfer]:
@@ -639,21 +502,21 @@ class Ledger:
                 found[r["id"]] = _to_transfer(r)
         missing = [t for t in transfer_ids if t not in found]
         if missing:
-            raise LedgerError(f"no transfer {missing[0]} in {self.path}")
+            raise LedgerError(f"no transfer {missing[0]} in {self.where}")
         return [found[t] for t in transfer_ids]
 
     def unfinished(self, partner: str, job: str | None = None) -> list[Transfer]:
         """Outbound transfers a run must finish: in progress, or uploaded but not yet archived."""
-        query = """SELECT * FROM transfers WHERE direction = 'out' AND partner = ?
-                   AND (state IN ('claimed', 'sealed') OR (state = 'uploaded' AND archived_at IS NULL))"""
+        query = f"""SELECT * FROM transfers WHERE direction = 'out' AND partner = ?
+                   AND (state IN ({_IN_PROGRESS}) OR (state = 'uploaded' AND archived_at IS NULL))"""  # noqa: S608
         params: list[Any] = [partner]
         if job is not None:
             query += " AND job = ?"
             params.append(job)
         return [_to_transfer(r) for r in self._rows(query + " ORDER BY id", params)]
 
-    def by_state(self, state: str, partner: str | None = None) -> list[Transfer]:
-        query, params = "SELECT * FROM transfers WHERE state = ?", [state]
+    def by_state(self, state: OutboundState, partner: str | None = None) -> list[Transfer]:
+        query, params = "SELECT * FROM transfers WHERE state = ?", [str(state)]
         if partner:
             query += " AND partner = ?"
             params.append(partner)
@@ -667,13 +530,30 @@ class Ledger:
         query += " ORDER BY id DESC LIMIT ?"
         return [_to_transfer(r) for r in self._rows(query, [*params, limit])]
 
-    def events(self, transfer_id: str) -> list[tuple[str, str, str | None]]:
+    def events(self, transfer_id: str) -> list[Event]:
         rows = self._rows("SELECT at, state, detail FROM events WHERE transfer_id = ? ORDER BY seq", (transfer_id,))
-        return [(r["at"], r["state"], r["detail"]) for r in rows]
+        return [Event(r["at"], r["state"], r["detail"]) for r in rows]
 
     def counts(self) -> dict[tuple[str, str], int]:
         rows = self._rows("SELECT partner, state, COUNT(*) AS n FROM transfers GROUP BY partner, state")
         return {(r["partner"], r["state"]): r["n"] for r in rows}
+
+    # -- run locks: flock files beside the ledger (one machine) --------------------------------------------
+
+    @asynccontextmanager
+    async def turn(self, direction: str, key: str, *, shared: bool = False) -> AsyncIterator[None]:
+        async with locks.turn(self.path.parent, direction, key, shared=shared):
+            yield
+
+    @asynccontextmanager
+    async def turns(self, direction: str, keys: Iterable[str]) -> AsyncIterator[None]:
+        async with locks.turns(self.path.parent, direction, keys):
+            yield
+
+    @contextmanager
+    def try_turn(self, direction: str, key: str) -> Iterator[bool]:
+        with locks.try_hold(locks.lock_path(self.path.parent, direction, key)) as held:
+            yield held
 
     def integrity_ok(self) -> bool:
         return bool(self._rows("PRAGMA integrity_check")[0][0] == "ok")
@@ -719,10 +599,9 @@ class Ledger:
                 self._audit(db, "receipt", str(row["seq"]), row["fetched_at"], row["verdict"], row["reason"])
             db.execute("INSERT INTO meta (key, value) VALUES ('audit_backfilled', '1')")
 
-    def audit_events_after(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
-        """Up to ``limit`` audit_events rows with ``seq`` greater than ``seq``, in order (``data`` parsed)."""
+    def audit_events_after(self, seq: int, limit: int = 1000) -> list[AuditEvent]:
         rows = self._rows("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+        return [AuditEvent(**{**dict(r), "data": json.loads(r["data"])}) for r in rows]
 
     def audit_last_seq(self) -> int:
         return int(self._rows("SELECT COALESCE(MAX(seq), 0) AS n FROM audit_events")[0]["n"])
@@ -747,18 +626,20 @@ class Ledger:
         in_query = f"SELECT {', '.join(in_columns)} FROM inbound"  # noqa: S608
         if since is None:
             return self._tuples(out_query), self._tuples(in_query)
-        out_query += """ AND (updated_at >= ? OR created_at >= ?
-                         OR state IN ('claimed', 'sealed', 'uploaded', 'invalid-receipt', 'failed'))"""
+        out_query += f""" AND (updated_at >= ? OR created_at >= ?
+                         OR state IN ({_OPEN_STATES}))"""
         in_query += " WHERE updated_at >= ? OR state = 'received'"
         return self._tuples(out_query, (since, since)), self._tuples(in_query, (since,))
 
-    def receipt_records_with(self, verdicts: Sequence[str], since: str | None) -> list[dict[str, Any]]:
-        """Receipts fetched since ``since`` (all when None) with one of ``verdicts``, without their bytes."""
-        query = f"""SELECT seq, partner, name, transfer_id, verdict, reason, status, fetched_at FROM receipts
+    def receipt_records_with(self, verdicts: Sequence[str], since: str | None) -> list[ReceiptRecord]:
+        query = f"""SELECT seq, partner, name, transfer_id, verdict, reason, status, received_at, validated_at,
+                           stored_path, NULL AS receipt_json, NULL AS receipt_sig, fetched_at FROM receipts
                     WHERE verdict IN ({", ".join("?" * len(verdicts))})"""  # noqa: S608
-        if since is None:
-            return [dict(r) for r in self._rows(query + " ORDER BY seq", tuple(verdicts))]
-        return [dict(r) for r in self._rows(query + " AND fetched_at >= ? ORDER BY seq", (*verdicts, since))]
+        params: tuple[str, ...] = tuple(verdicts)
+        if since is not None:
+            query += " AND fetched_at >= ?"
+            params = (*params, since)
+        return [ReceiptRecord(**dict(r)) for r in self._rows(query + " ORDER BY seq", params)]
 
     def _tuples(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -767,7 +648,7 @@ class Ledger:
                 cursor.row_factory = None  # plain tuples: a sqlite3.Row per row costs more than the query
                 return cursor.execute(query, params).fetchall()
             except sqlite3.Error as exc:
-                raise LedgerError(f"{self.path}: ledger read failed: {exc}") from exc
+                raise LedgerError(f"{self.where}: ledger read failed: {exc}") from exc
 
 
 # Columns the audit line itself carries (id, partner, state, time), local paths and receipt bytes (hashed instead).
@@ -792,17 +673,7 @@ def _canonical(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _raise_if_error(result: Transfer | LedgerError) -> Transfer:
-    if isinstance(result, LedgerError):
-        raise result
-    return result
-
-
 def _to_transfer(row: sqlite3.Row) -> Transfer:
     # Positional: the table's columns are the dataclass's fields in order (checked when the ledger opens);
     # building by name cost 1.5 s per 100k rows in a reconciliation.
     return Transfer(*row)
-
-
-def timestamp(moment: datetime) -> str:
-    return rfc3339(moment)

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from sftp_pipeline.config import Config
 from sftp_pipeline.errors import LedgerError, PipelineError
-from sftp_pipeline.ledger.sqlite import Ledger
+from sftp_pipeline.ledger import AuditEvent, Ledger
 
 LOG_NAME = "audit.jsonl"
 HEAD_NAME = "audit.head"
@@ -91,17 +91,17 @@ def line_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in body.items() if k != "hash"}).encode("utf-8")).hexdigest()
 
 
-def make_line(event: dict[str, Any], prev: str) -> dict[str, Any]:
-    """The audit line for one ledger ``audit_events`` row, chained to ``prev``."""
+def make_line(event: AuditEvent, prev: str) -> dict[str, Any]:
+    """The audit line for one ledger audit event, chained to ``prev``."""
     body = {
-        "seq": event["seq"],
-        "at": event["at"],
-        "kind": event["kind"],
-        "id": event["ref"],
-        "partner": event["partner"],
-        "state": event["state"],
-        "detail": event["detail"],
-        "data": event["data"],
+        "seq": event.seq,
+        "at": event.at,
+        "kind": event.kind,
+        "id": event.ref,
+        "partner": event.partner,
+        "state": event.state,
+        "detail": event.detail,
+        "data": event.data,
         "prev": prev,
     }
     return {**body, "hash": line_hash(body)}
@@ -158,7 +158,7 @@ class Audit:
         seq, prev = (last["seq"], last["hash"]) if last else (0, GENESIS)
         if seq > ledger.audit_last_seq():
             raise AuditError(
-                f"{self.path}: the log reaches seq {seq} but the ledger {ledger.path} only has "
+                f"{self.path}: the log reaches seq {seq} but the ledger {ledger.where} only has "
                 f"{ledger.audit_last_seq()} audit events: this log belongs to another ledger, or the ledger "
                 "lost history (restored from an older backup?)"
             )
@@ -279,15 +279,15 @@ class _LedgerCursor:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger, self.after = ledger, 0
-        self.page: list[dict[str, Any]] = []
+        self.page: list[AuditEvent] = []
 
-    def next(self) -> dict[str, Any] | None:
+    def next(self) -> AuditEvent | None:
         if not self.page:
             self.page = self.ledger.audit_events_after(self.after, SYNC_BATCH)
             if not self.page:
                 return None
         event = self.page.pop(0)
-        self.after = event["seq"]
+        self.after = event.seq
         return event
 
 
@@ -314,8 +314,8 @@ def verify_lines(lines: Iterator[tuple[int, bytes, bool]], *, ledger: Ledger | N
             return bad(number, f"seq {line['seq']} is not after {last_seq} (reordered or duplicated)")
         if cursor is not None:
             event = cursor.next()
-            if event is None or event["seq"] != line["seq"] or _content(make_line(event, prev)) != _content(line):
-                found = f"seq {event['seq']}" if event else "no event"
+            if event is None or event.seq != line["seq"] or _content(make_line(event, prev)) != _content(line):
+                found = f"seq {event.seq}" if event else "no event"
                 return bad(number, f"differs from the ledger's audit event ({found}): one of them was altered")
         prev, last_seq, count = line["hash"], line["seq"], count + 1
     pending = 0

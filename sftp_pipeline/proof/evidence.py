@@ -36,7 +36,7 @@ from sftp_pipeline.clock import parse_rfc3339
 from sftp_pipeline.config import Config
 from sftp_pipeline.errors import KeyError_, PipelineError, ReceiptInvalid
 from sftp_pipeline.keys import OPENPGP_CERT_NAME, load_partner_cert
-from sftp_pipeline.ledger.sqlite import Inbound, Ledger, Transfer
+from sftp_pipeline.ledger import Inbound, Ledger, Transfer
 from sftp_pipeline.proof.audit import (
     Head,
     audit_path,
@@ -108,13 +108,13 @@ def _our_cert(config: Config) -> bytes:
 
 
 def _receipt_files(config: Config, ledger: Ledger, row: Transfer) -> dict[str, bytes]:
-    records = [r for r in ledger.receipts_for(row.partner, row.id) if r["receipt_json"] is not None]
-    settling = [r for r in records if r["verdict"] in SETTLING]
+    records = [r for r in ledger.receipts_for(row.partner, row.id) if r.receipt_json is not None]
+    settling = [r for r in records if r.verdict in SETTLING]
     json_name, sig_name = receipt_file_names(row.id)
     for record in reversed(settling or records):
-        files = {json_name: bytes(record["receipt_json"])}
-        if record["receipt_sig"] is not None:
-            files[sig_name] = bytes(record["receipt_sig"])
+        files = {json_name: bytes(record.receipt_json or b"")}
+        if record.receipt_sig is not None:
+            files[sig_name] = bytes(record.receipt_sig)
         return files
     folder = config.state_dir / "receipts" / row.partner
     return {n: (folder / n).read_bytes() for n in (json_name, sig_name) if (folder / n).exists()}
@@ -222,7 +222,7 @@ def build_evidence(config: Config, ledger: Ledger, transfer_id: str, out: Path, 
             f"transfer {transfer_id} was received from {', '.join(r.partner for r in inbound)}; name the partner"
         )
     else:
-        raise EvidenceError(f"no transfer {transfer_id} in {ledger.path}; `sftp-pipeline status` lists them")
+        raise EvidenceError(f"no transfer {transfer_id} in {ledger.where}; `sftp-pipeline status` lists them")
     record = {k: v for k, v in asdict(row).items() if not isinstance(v, bytes)}
     members["transfer.json"] = (json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
     members[f"certs/{other}.asc"] = _armored_public(

@@ -32,7 +32,7 @@ from typing import Any, Literal, NamedTuple
 from sftp_pipeline.clock import parse_rfc3339, rfc3339
 from sftp_pipeline.config import Config
 from sftp_pipeline.keys import list_keys
-from sftp_pipeline.ledger.sqlite import Inbound, Ledger, Transfer
+from sftp_pipeline.ledger import Inbound, Ledger, Transfer
 
 OUT_CLASSES = ("overdue", "rejected", "mismatch", "invalid-receipt", "failed", "delivered-late", "pending", "delivered")
 IN_CLASSES = ("rejected", "pending", "accepted")
@@ -431,9 +431,7 @@ def from_ledger(config: Config, ledger: Ledger, *, now: datetime, since: datetim
     start = rfc3339(since) if since else None
     sent, received = ledger.reconcile_rows(SENT_COLUMNS, RECEIVED_COLUMNS, start)
     notes = [
-        ReceiptNote(
-            r["partner"], r["name"], r["transfer_id"], r["verdict"], r["reason"], parse_rfc3339(r["fetched_at"])
-        )
+        ReceiptNote(r.partner, r.name, r.transfer_id, r.verdict, r.reason, parse_rfc3339(r.fetched_at))
         for r in ledger.receipt_records_with(NOTE_VERDICTS, start)
     ]
     facts = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.ledger.sqlite import Ledger
+from sftp_pipeline.wiring import open_ledger
 from tests.peers.gpg import GnuPG
 from tests.peers.parties import Party, make_party
 from tests.peers.sshd import Sshd
@@ -82,7 +82,7 @@ def aggregator(tmp_path: Path, sshd: Sshd, gpg: GnuPG) -> Party:
 
 
 def uploaded(party: Party) -> int:
-    with Ledger(party.config().state_dir / "ledger.sqlite3") as ledger:
+    with open_ledger(party.config()) as ledger:
         return sum(n for (_, state), n in ledger.counts().items() if state == "uploaded")
 
 
@@ -145,5 +145,5 @@ def test_kill_9_mid_batch_then_restart_delivers_each_document_once(aggregator: P
     assert sorted(t.source_name for t in transfers) == sorted(names)
     for t in transfers:
         assert (inbox / t.remote_name).stat().st_size == t.ciphertext_size  # complete at its final name
-    with Ledger(aggregator.config().state_dir / "ledger.sqlite3") as ledger:
+    with open_ledger(aggregator.config()) as ledger:
         assert ledger.integrity_ok()

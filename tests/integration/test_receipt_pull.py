@@ -22,7 +22,7 @@ import pytest
 
 from sftp_pipeline.flows.receipt_pull import PullReport, ReceiptPuller
 from sftp_pipeline.keys import generate_keys
-from sftp_pipeline.ledger.sqlite import Transfer
+from sftp_pipeline.ledger import ReceiptRecord, Transfer
 from sftp_pipeline.names import new_transfer_id, sealed_name
 from sftp_pipeline.openpgp import SigningKey
 from sftp_pipeline.proof.receipts import build_receipt, receipt_file_names, sign_receipt
@@ -99,7 +99,7 @@ class World:
     def left(self) -> list[str]:
         return sorted(os.listdir(self.receipts)) if self.receipts.exists() else []
 
-    def receipt_rows(self, transfer_id: str) -> list[dict[str, Any]]:
+    def receipt_rows(self, transfer_id: str) -> list[ReceiptRecord]:
         with open_ledger(self.party.config()) as ledger:
             return ledger.receipts_for("utility", transfer_id)
 
@@ -193,9 +193,9 @@ def test_accepted_rejected_and_mismatching_receipts_settle_the_ledger(world: Wor
     assert "ciphertext_sha256" in detail and "0" * 64 in detail and str(altered.ciphertext_sha256) in detail
     (row,) = world.receipt_rows(accepted.id)
     json_name, sig_name = receipt_file_names(accepted.id)
-    assert row["verdict"] == "receipted" and row["receipt_json"] == ok_files[json_name]
-    assert row["receipt_sig"] == ok_files[sig_name]
-    stored = Path(row["stored_path"])
+    assert row.verdict == "receipted" and row.receipt_json == ok_files[json_name]
+    assert row.receipt_sig == ok_files[sig_name]
+    stored = Path(row.stored_path or "")
     assert stored.read_bytes() == ok_files[json_name]
     assert stored.with_name(sig_name).read_bytes() == ok_files[sig_name]
     assert stored.parent == world.party.config().state_dir / "receipts" / "utility"
@@ -221,7 +221,7 @@ def test_a_forged_receipt_is_quarantined_and_a_genuine_one_still_settles(world: 
     kept = {name: (world.quarantine() / name).read_bytes() for name in note["kept_as"]}
     assert sorted(kept.values()) == sorted([forged[json_name], forged[sig_name]])  # evidence kept as received
     (row,) = world.receipt_rows(transfer.id)
-    assert (row["verdict"], row["reason"], row["receipt_json"]) == ("invalid", "bad-signature", forged[json_name])
+    assert (row.verdict, row.reason, row.receipt_json) == ("invalid", "bad-signature", forged[json_name])
 
     world.place(genuine)
     second = world.pull()
@@ -330,7 +330,7 @@ def test_the_same_receipt_twice_is_a_harmless_duplicate_and_a_different_one_a_co
     (outcome,) = third.outcomes
     assert outcome.verdict == "conflict" and "receipt_status" in outcome.detail
     assert world.transfer(transfer.id) == before
-    assert [r["verdict"] for r in world.receipt_rows(transfer.id)] == ["receipted", "duplicate", "conflict"]
+    assert [r.verdict for r in world.receipt_rows(transfer.id)] == ["receipted", "duplicate", "conflict"]
     assert [n["verdict"] for n in world.reasons()] == ["conflict"]
 
 

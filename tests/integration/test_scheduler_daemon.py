@@ -13,7 +13,8 @@ import pytest
 from sftp_pipeline.config import ReportJob, SendJob
 from sftp_pipeline.daemon.scheduler import JobScheduler, LedgerMarks, LocalCronTrigger, Missed
 from sftp_pipeline.errors import ConfigError
-from sftp_pipeline.ledger.sqlite import Ledger
+from sftp_pipeline.ledger import Ledger
+from sftp_pipeline.ledger.sqlite import SqliteLedger
 
 CHICAGO = "America/Chicago"
 GRACE = timedelta(hours=6)
@@ -66,7 +67,7 @@ class Recorder:
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "state" / "ledger.sqlite3")
+    return SqliteLedger(tmp_path / "state" / "ledger.sqlite3")
 
 
 def run(coro: Callable[[], Awaitable[object]]) -> object:

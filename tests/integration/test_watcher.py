@@ -17,7 +17,7 @@ from sftp_pipeline.config import Config, SendJob
 from sftp_pipeline.daemon.watcher import DropWatcher
 from sftp_pipeline.errors import ConfigError
 from sftp_pipeline.flows.send import Outbound, SendReport
-from sftp_pipeline.ledger.sqlite import Transfer
+from sftp_pipeline.ledger import Transfer
 from sftp_pipeline.names import parse_sealed_name
 from sftp_pipeline.wiring import Runtime, open_runtime
 from tests.peers.parties import Party, make_party

@@ -20,7 +20,7 @@ from sftp_pipeline.flows.collect import Collector, CollectReport
 from sftp_pipeline.flows.receipt_pull import PullReport, ReceiptPuller
 from sftp_pipeline.flows.send import Outbound, SendReport
 from sftp_pipeline.keys import GeneratedKeys, generate_keys
-from sftp_pipeline.ledger.sqlite import Inbound, Transfer
+from sftp_pipeline.ledger import Inbound, Transfer
 from sftp_pipeline.proof.reconcile import Reconciliation, from_ledger
 from sftp_pipeline.wiring import open_runtime
 

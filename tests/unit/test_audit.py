@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.ledger.sqlite import Ledger
+from sftp_pipeline.ledger import Ledger
+from sftp_pipeline.ledger.sqlite import SqliteLedger
 from sftp_pipeline.proof.audit import GENESIS, Audit, AuditError, canonical, line_hash, lines_for, verify
 
 
@@ -46,7 +47,7 @@ def history(ledger: Ledger, tid: str = "T1") -> None:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Ledger, Audit]:
-    ledger = Ledger(tmp_path / "ledger.db", clock=FakeClock())
+    ledger = SqliteLedger(tmp_path / "ledger.db", clock=FakeClock())
     history(ledger, "T1")
     history(ledger, "T2")
     audit = Audit(tmp_path / "audit.jsonl")
@@ -166,13 +167,13 @@ def test_truncation_is_detected_by_the_head_and_by_the_ledger(setup: tuple[Ledge
 
 def test_a_log_from_another_ledger_is_refused(setup: tuple[Ledger, Audit], tmp_path: Path) -> None:
     _, audit = setup
-    other = Ledger(tmp_path / "other.db", clock=FakeClock())
+    other = SqliteLedger(tmp_path / "other.db", clock=FakeClock())
     with pytest.raises(AuditError, match="another ledger"):
         audit.sync(other)
 
 
 def test_inbound_changes_are_audited(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.db", clock=FakeClock())
+    ledger = SqliteLedger(tmp_path / "ledger.db", clock=FakeClock())
     ledger.receive(
         partner="aggregator",
         transfer_id="T9",
@@ -194,14 +195,14 @@ def test_inbound_changes_are_audited(tmp_path: Path) -> None:
 
 def test_concurrent_syncs_never_interleave_or_duplicate(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    with Ledger(path, clock=FakeClock()) as ledger:
+    with SqliteLedger(path, clock=FakeClock()) as ledger:
         for n in range(20):
             history(ledger, f"T{n}")
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            with Ledger(path) as mine:
+            with SqliteLedger(path) as mine:
                 Audit(tmp_path / "audit.jsonl").sync(mine)
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
@@ -212,6 +213,6 @@ def test_concurrent_syncs_never_interleave_or_duplicate(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
-    with Ledger(path) as ledger:
+    with SqliteLedger(path) as ledger:
         result = verify(tmp_path / "audit.jsonl", head=tmp_path / "audit.head", ledger=ledger)
     assert result.ok and result.lines == 100 and result.pending == 0

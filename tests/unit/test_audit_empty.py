@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from sftp_pipeline.ledger.sqlite import Ledger
+from sftp_pipeline.ledger.sqlite import SqliteLedger
 from sftp_pipeline.proof.audit import Audit, verify
 
 
 def test_an_empty_log_with_a_head_accepts_the_next_append(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "ledger.db") as ledger:
+    with SqliteLedger(tmp_path / "ledger.db") as ledger:
         log = Audit(tmp_path / "audit.jsonl")
         assert log.sync(ledger) == 0
         assert log.sync(ledger) == 0

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.errors import LedgerError
-from sftp_pipeline.ledger.sqlite import DuplicateContent, Ledger, check_transition
+from sftp_pipeline.errors import DuplicateContent, LedgerError
+from sftp_pipeline.ledger import Ledger, check_transition
+from sftp_pipeline.ledger.sqlite import SqliteLedger
 
 
 class FakeClock:
@@ -30,7 +31,7 @@ def claim(ledger: Ledger, tid: str, name: str = "inv.xml") -> None:
 
 
 def test_state_machine_and_events(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
+    with SqliteLedger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
         claim(ledger, "T1")
         ledger.set_plaintext("T1", "a" * 64, 10)
         ledger.transition("T1", "sealed", ciphertext_sha256="b" * 64, ciphertext_size=99)
@@ -45,7 +46,7 @@ def test_state_machine_and_events(tmp_path: Path) -> None:
 
 
 def test_same_name_and_content_is_a_duplicate(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "ledger.db") as ledger:
+    with SqliteLedger(tmp_path / "ledger.db") as ledger:
         claim(ledger, "T1")
         ledger.set_plaintext("T1", "a" * 64, 10)
         claim(ledger, "T2")
@@ -60,7 +61,7 @@ def test_same_name_and_content_is_a_duplicate(tmp_path: Path) -> None:
 
 
 def test_unfinished_lists_what_a_run_must_finish(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "ledger.db") as ledger:
+    with SqliteLedger(tmp_path / "ledger.db") as ledger:
         for tid in ("T1", "T2", "T3"):
             claim(ledger, tid, name=f"{tid}.xml")
         ledger.transition("T2", "sealed")
@@ -81,7 +82,7 @@ def test_transition_table() -> None:
 
 
 def test_update_refuses_state_and_unknown_columns(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "ledger.db") as ledger:
+    with SqliteLedger(tmp_path / "ledger.db") as ledger:
         claim(ledger, "T1")
         with pytest.raises(LedgerError):
             ledger.update("T1", state="uploaded")
@@ -90,7 +91,7 @@ def test_update_refuses_state_and_unknown_columns(tmp_path: Path) -> None:
 
 
 def test_a_ledger_from_another_schema_is_refused(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "ledger.db") as ledger:
+    with SqliteLedger(tmp_path / "ledger.db") as ledger:
         ledger._db.execute("ALTER TABLE transfers ADD COLUMN surprise TEXT")
     with pytest.raises(LedgerError, match="columns differ"):
-        Ledger(tmp_path / "ledger.db")
+        SqliteLedger(tmp_path / "ledger.db")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.errors import LedgerError
+from sftp_pipeline.errors import DuplicateContent, LedgerError
 from sftp_pipeline.flows.groupcommit import GroupCommitter
-from sftp_pipeline.ledger.sqlite import Change, DuplicateContent, Ledger
+from sftp_pipeline.ledger import Change
+from sftp_pipeline.ledger.sqlite import SqliteLedger
 from tests.unit.test_ledger import FakeClock
 
 
@@ -21,7 +22,7 @@ def _claim(tid: str, name: str) -> Change:
 
 
 def test_apply_commits_many_and_refuses_only_the_bad_change(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
+    with SqliteLedger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
         claimed = ledger.apply([_claim("T1", "a.xml"), _claim("T2", "b.xml"), _claim("T3", "a.xml")])
         assert [t.state for t in claimed if not isinstance(t, LedgerError)] == ["claimed"] * 3
         results = ledger.apply(
@@ -41,12 +42,12 @@ def test_apply_commits_many_and_refuses_only_the_bad_change(tmp_path: Path) -> N
         assert ledger.get("T3").plaintext_sha256 is None  # rolled back alone
         assert [e[1:] for e in ledger.events("T1")] == [("claimed", "/drop/a.xml"), ("sealed", "sealed it")]
         # The audit feed has one row per recorded change, in the order they were applied; nothing for refusals.
-        audit = [(r["ref"], r["state"]) for r in ledger.audit_events_after(0)]
+        audit = [(r.ref, r.state) for r in ledger.audit_events_after(0)]
         assert audit == [("T1", "claimed"), ("T2", "claimed"), ("T3", "claimed"), ("T1", "sealed"), ("T2", "claimed")]
 
 
 def test_group_committer_groups_concurrent_changes_and_raises_refusals(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
+    with SqliteLedger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
         ledger.apply([_claim(f"T{n}", f"{n}.xml") for n in range(20)])
         commits = 0
         apply = ledger.apply

@@ -9,7 +9,7 @@ import pytest
 
 from sftp_pipeline.config import Partner, RemoteDirs, SftpEndpoint
 from sftp_pipeline.flows.receipt_pull import HOSTED_RECEIPTS_DIR, classify_listing, judge, receipts_directory
-from sftp_pipeline.ledger.sqlite import Transfer
+from sftp_pipeline.ledger import Transfer
 from sftp_pipeline.names import sealed_name
 from sftp_pipeline.proof.receipts import MAX_RECEIPT_BYTES, Receipt, build_receipt
 from sftp_pipeline.transport import RemoteEntry

@@ -1,7 +1,7 @@
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sftp_pipeline.ledger.sqlite import Transfer
+from sftp_pipeline.ledger import Transfer
 from sftp_pipeline.proof.reconcile import KeyFact, ReceiptNote, classify_sent, key_alerts, reconcile
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

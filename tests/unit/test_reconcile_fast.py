@@ -22,7 +22,7 @@ import pytest
 
 from sftp_pipeline.clock import parse_rfc3339, rfc3339
 from sftp_pipeline.config import Config, load_config
-from sftp_pipeline.ledger.sqlite import Inbound, Ledger, Transfer
+from sftp_pipeline.ledger import Inbound, Ledger, Transfer
 from sftp_pipeline.proof.reconcile import (
     ACTIONS,
     EXCEPTIONS,
