@@ -527,6 +527,8 @@ class _PartnerRun:
             ssh_kex=session.kex,
             ssh_cipher=session.cipher,
             transport_pq=int(session.post_quantum),
+            transport=session.transport,
+            peer_key=session.host_key or None,
             last_error=None,
         )
         log.info("uploaded %s as %s", transfer.source_name, result.remote_path, extra={"transfer_id": transfer.id})

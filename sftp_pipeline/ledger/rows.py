@@ -56,6 +56,9 @@ class Transfer:
     mismatch_at: str | None
     invalid_receipt_at: str | None
     updated_at: str
+    # schema 2
+    transport: str | None = None  # "sftp", or "local" for a partner we host
+    peer_key: str | None = None  # the key the connection verified (an SFTP host key's SHA256 fingerprint)
 
 
 @dataclass(frozen=True, slots=True)

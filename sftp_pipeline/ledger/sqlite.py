@@ -20,6 +20,7 @@ from typing import Any
 from sftp_pipeline import locks
 from sftp_pipeline.clock import Clock, rfc3339, utc_now
 from sftp_pipeline.errors import DuplicateContent, LedgerError
+from sftp_pipeline.ledger import migrations
 from sftp_pipeline.ledger.interface import Ledger
 from sftp_pipeline.ledger.rows import (
     INBOUND_COLUMNS,
@@ -40,127 +41,10 @@ from sftp_pipeline.ledger.states import (
     timestamp_column,
 )
 
-SCHEMA_VERSION = 1
 # Why 30 s: a second process (daemon + operator CLI) may hold the write lock through a long batch commit.
 BUSY_TIMEOUT_MS = 30_000
 # Why 500: SQLite allows 999 bound parameters per statement in old builds; 500 ids stay well inside it.
 _IDS_PER_QUERY = 500
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS transfers (
-    id TEXT PRIMARY KEY,
-    direction TEXT NOT NULL CHECK (direction IN ('out', 'in')),
-    partner TEXT NOT NULL,
-    job TEXT,
-    document_type TEXT NOT NULL,
-    source_name TEXT NOT NULL,
-    source_path TEXT,
-    work_path TEXT,
-    sealed_path TEXT,
-    remote_name TEXT,
-    state TEXT NOT NULL,
-    plaintext_sha256 TEXT,
-    plaintext_size INTEGER,
-    ciphertext_sha256 TEXT,
-    ciphertext_size INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    ssh_kex TEXT,
-    ssh_cipher TEXT,
-    transport_pq INTEGER,
-    pgp_algorithms TEXT,
-    content_pq INTEGER,
-    archive_path TEXT,
-    archive_sealed_path TEXT,
-    duplicate_of TEXT,
-    created_at TEXT NOT NULL,
-    claimed_at TEXT,
-    sealed_at TEXT,
-    uploaded_at TEXT,
-    failed_at TEXT,
-    archived_at TEXT,
-    receipt_status TEXT,
-    partner_received_at TEXT,
-    partner_validated_at TEXT,
-    receipted_at TEXT,
-    rejected_at TEXT,
-    mismatch_at TEXT,
-    invalid_receipt_at TEXT,
-    updated_at TEXT NOT NULL
-);
--- The same name and content to the same partner is sent once: enforced here, race-free.
-CREATE UNIQUE INDEX IF NOT EXISTS transfers_once
-    ON transfers (partner, document_type, source_name, plaintext_sha256)
-    WHERE direction = 'out' AND state NOT IN ('failed', 'duplicate') AND plaintext_sha256 IS NOT NULL;
-CREATE INDEX IF NOT EXISTS transfers_state ON transfers (direction, partner, state);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    transfer_id TEXT NOT NULL REFERENCES transfers (id),
-    at TEXT NOT NULL,
-    state TEXT NOT NULL,
-    detail TEXT
-);
-CREATE INDEX IF NOT EXISTS events_transfer ON events (transfer_id, seq);
--- Documents partners sent us. Keyed by (partner, transfer id): ids are the sender's, not ours.
-CREATE TABLE IF NOT EXISTS inbound (
-    partner TEXT NOT NULL,
-    transfer_id TEXT NOT NULL,
-    job TEXT,
-    remote_name TEXT NOT NULL,
-    document_type TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('received', 'accepted', 'rejected')),
-    ciphertext_sha256 TEXT NOT NULL,
-    ciphertext_size INTEGER NOT NULL,
-    plaintext_sha256 TEXT,
-    plaintext_size INTEGER,
-    sender_key_fingerprint TEXT,
-    status TEXT,
-    detail TEXT,
-    engine TEXT,
-    received_at TEXT NOT NULL,
-    validated_at TEXT,
-    archive_path TEXT,
-    delivered_path TEXT,
-    receipt_json BLOB,
-    receipt_sig BLOB,
-    receipt_sent_at TEXT,
-    source_removed_at TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (partner, transfer_id)
-);
--- Receipts partners sent us for what we sent, with our verdict on each; kept whatever the verdict.
-CREATE TABLE IF NOT EXISTS receipts (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    partner TEXT NOT NULL,
-    name TEXT NOT NULL,
-    transfer_id TEXT,
-    verdict TEXT NOT NULL,
-    reason TEXT,
-    status TEXT,
-    received_at TEXT,
-    validated_at TEXT,
-    stored_path TEXT,
-    receipt_json BLOB,
-    receipt_sig BLOB,
-    fetched_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS receipts_transfer ON receipts (partner, transfer_id);
--- The feed of the audit log (sftp_pipeline/audit.py): one row per change of a transfer, an inbound document
--- or a received receipt, written in the same transaction as the change; ``seq`` orders all three kinds, and
--- ``data`` is a JSON snapshot of the row's hashes, sizes and timestamps at that moment.
-CREATE TABLE IF NOT EXISTS audit_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL CHECK (kind IN ('transfer', 'inbound', 'receipt')),
-    ref TEXT NOT NULL,
-    partner TEXT NOT NULL,
-    at TEXT NOT NULL,
-    state TEXT NOT NULL,
-    detail TEXT,
-    data TEXT NOT NULL
-);
-"""
 
 
 _COLUMNS = TRANSFER_COLUMNS
@@ -193,10 +77,11 @@ class SqliteLedger(Ledger):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a committed state survives power loss
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+            try:
+                migrations.upgrade(self._db, path, clock)
+            except LedgerError as exc:
+                self._db.close()
+                raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
             for table, expected in (("transfers", _COLUMNS), ("inbound", _INBOUND_COLUMNS)):
                 found = tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({table})"))
                 if found != expected:
@@ -205,7 +90,7 @@ class SqliteLedger(Ledger):
                         f"{len(expected)}); the ledger was made by another version — restore a matching backup"
                     )
             self._audit_backfill()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
 
     def close(self) -> None:

@@ -52,6 +52,7 @@ class PutResult:
 class SessionInfo:
     """What the connection negotiated, recorded per transfer in the ledger."""
 
+    transport: str = "local"
     kex: str = "local"
     cipher: str = "local"
     mac: str = ""

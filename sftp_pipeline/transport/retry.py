@@ -103,7 +103,7 @@ class RetryingTransport(Transport):
         self._rng = rng
         self._inner: Transport | None = None
         self._connecting = asyncio.Lock()
-        self._last_session = SessionInfo(kex="", cipher="")
+        self._last_session = SessionInfo(transport="", kex="", cipher="")
 
     def __repr__(self) -> str:
         return f"RetryingTransport(partner={self._partner!r}, attempts={self._attempts}, inner={self._inner!r})"

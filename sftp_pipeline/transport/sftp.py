@@ -208,6 +208,7 @@ class SftpTransport(Transport):
                 raise _translate(exc, partner_id, where, "connect", "") from exc
             raise
         session = SessionInfo(
+            transport="sftp",
             kex=client.kex or "unknown",
             cipher=conn.get_extra_info("send_cipher") or "",
             mac=_mac_name(conn),
