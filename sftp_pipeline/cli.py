@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 some work failed, 2 usage or configuration error. Every
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections import Counter
@@ -23,9 +24,11 @@ from typer.exceptions import TyperException
 from sftp_pipeline import __version__
 from sftp_pipeline.clock import utc_now
 from sftp_pipeline.config import DEFAULT_CONFIG_NAME, Config, load_config
-from sftp_pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
+from sftp_pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError, translate
 from sftp_pipeline.proof.reconcile import Reconciliation
 from sftp_pipeline.transport import Progress as ProgressCallback
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="sftp-pipeline",
@@ -579,6 +582,19 @@ def main() -> None:
         else:
             err_console.print(f"[red]error:[/] {exc}")
         sys.exit(EXIT_USAGE)
+    except Exception as exc:  # a library's exception no adapter translated (or a bug): never a traceback
+        error = translate(exc)
+        if error is None:
+            log.debug("internal error", exc_info=exc)
+            err_console.print(
+                f"[red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in sftp-pipeline: please "
+                "report it with what the same command prints with --log-level debug",
+                highlight=False,
+            )
+            sys.exit(EXIT_FAILED)
+        log.debug("%s, from %s", error, type(exc).__name__, exc_info=exc)
+        err_console.print(f"[red]error:[/] {error}", highlight=False)
+        sys.exit(error.exit_code)
     sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 

@@ -30,7 +30,7 @@ from pysequoia.packet import PacketPile, Tag
 
 from sftp_pipeline.clock import rfc3339
 from sftp_pipeline.config import Config, Partner, Secret
-from sftp_pipeline.errors import ConfigError, KeyError_
+from sftp_pipeline.errors import ConfigError, KeyFileError
 from sftp_pipeline.openpgp import CertInfo, SigningKey, check_cert, describe_cert
 
 # The environment variable `sftp-pipeline keys generate` reads a new key's passphrase from.
@@ -97,15 +97,15 @@ def check_secret_file(path: Path, *, what: str = "secret key") -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise KeyError_(
+        raise KeyFileError(
             f"{path}: {what} not found; run `sftp-pipeline keys generate` (or fix the path in the config)"
         ) from None
     except OSError as exc:
-        raise KeyError_(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+        raise KeyFileError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
     if not stat.S_ISREG(st.st_mode):
-        raise KeyError_(f"{path}: the {what} is not a regular file")
+        raise KeyFileError(f"{path}: the {what} is not a regular file")
     if st.st_mode & _GROUP_OTHER:
-        raise KeyError_(
+        raise KeyFileError(
             f"{path}: the {what} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"run `chmod 600 {path}`"
         )
@@ -117,22 +117,22 @@ def read_passphrase(secret: Secret, *, what: str, environ: Mapping[str, str] | N
     if secret.env:
         value = env.get(secret.env)
         if value is None:
-            raise KeyError_(
+            raise KeyFileError(
                 f"the {what} passphrase comes from environment variable {secret.env}, which is not set; "
                 f"export {secret.env}=… before running"
             )
         if not value:
-            raise KeyError_(f"environment variable {secret.env} (the {what} passphrase) is empty")
+            raise KeyFileError(f"environment variable {secret.env} (the {what} passphrase) is empty")
         return Passphrase(value)
     if secret.file:
         check_secret_file(secret.file, what=f"{what} passphrase file")
         try:
             text = secret.file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise KeyError_(f"{secret.file}: cannot read the {what} passphrase: {exc}") from exc
+            raise KeyFileError(f"{secret.file}: cannot read the {what} passphrase: {exc}") from exc
         value = text.removesuffix("\n").removesuffix("\r")
         if not value:
-            raise KeyError_(f"{secret.file}: the {what} passphrase file is empty")
+            raise KeyFileError(f"{secret.file}: the {what} passphrase file is empty")
         return Passphrase(value)
     raise ConfigError(f"the {what} passphrase setting names neither 'env' nor 'file'; give one of them")
 
@@ -181,22 +181,22 @@ class OurKeys:
 
 @contextmanager
 def _unlocking(passphrase: Passphrase | None, path: Path, kind: str) -> Iterator[None]:
-    """Translate pysequoia's unlock failures into a KeyError_ that says which setting to fix."""
+    """Translate pysequoia's unlock failures into a KeyFileError that says which setting to fix."""
     try:
         yield
     except RuntimeError as exc:
         message = _first_line(exc)
         if "encrypted" in message and passphrase is None:
-            raise KeyError_(
+            raise KeyFileError(
                 f"{path}: the OpenPGP secret key is passphrase-protected; set keys.openpgp_passphrase "
                 '(env = "VAR" or file = "PATH") in the config'
             ) from None
         if passphrase is not None:
-            raise KeyError_(
+            raise KeyFileError(
                 f"{path}: cannot unlock the OpenPGP secret key with the configured passphrase ({message}); "
                 "check keys.openpgp_passphrase"
             ) from None
-        raise KeyError_(f"{path}: the OpenPGP secret key has no usable {kind} key: {message}") from None
+        raise KeyFileError(f"{path}: the OpenPGP secret key has no usable {kind} key: {message}") from None
 
 
 def _unlock_signer(tsk: pysequoia.Tsk, passphrase: Passphrase | None, path: Path) -> pysequoia.PySigner:
@@ -222,9 +222,9 @@ def _read_tsk(path: Path) -> pysequoia.Tsk:
         has_secrets = _secret_packets(data)
         tsk = pysequoia.Tsk.from_bytes(data)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise KeyError_(f"{path}: not an OpenPGP secret key ({_first_line(exc)}); check the file") from None
+        raise KeyFileError(f"{path}: not an OpenPGP secret key ({_first_line(exc)}); check the file") from None
     if not has_secrets:
-        raise KeyError_(
+        raise KeyFileError(
             f"{path}: holds only a public certificate, no secret key; point keys.openpgp at our secret key "
             "(openpgp.key), or run `sftp-pipeline keys generate`"
         )
@@ -248,7 +248,7 @@ def load_our_keys(config: Config, now: datetime) -> OurKeys:
         asyncssh.read_private_key(keys.ssh, ssh_pass.reveal() if ssh_pass else None)
     except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, ValueError, OSError) as exc:
         hint = "set keys.ssh_passphrase" if ssh_pass is None else "check keys.ssh_passphrase"
-        raise KeyError_(f"{keys.ssh}: cannot load the SSH private key ({exc}); {hint}") from None
+        raise KeyFileError(f"{keys.ssh}: cannot load the SSH private key ({exc}); {hint}") from None
     if config.server is not None or keys.host_key.exists():
         check_secret_file(keys.host_key, what="SSH host key")
     return OurKeys(
@@ -272,24 +272,24 @@ def load_partner_cert(partner: Partner) -> pysequoia.Cert:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise KeyError_(
+        raise KeyFileError(
             f"{where} not found; ask {partner.name} for their public key (`gpg --export --armor FPR`) and save it there"
         ) from None
     except OSError as exc:
-        raise KeyError_(f"{where}: cannot read: {exc.strerror}") from exc
+        raise KeyFileError(f"{where}: cannot read: {exc.strerror}") from exc
     try:
         has_secrets = _secret_packets(data)
         certs = [] if has_secrets else pysequoia.Cert.split_bytes(data)
     except (RuntimeError, ValueError) as exc:
-        raise KeyError_(f"{where} is not an OpenPGP certificate ({_first_line(exc)}); check the file") from None
+        raise KeyFileError(f"{where} is not an OpenPGP certificate ({_first_line(exc)}); check the file") from None
     if has_secrets:
-        raise KeyError_(
+        raise KeyFileError(
             f"{where} contains SECRET key material; a partner file must be public. Ask {partner.name} for "
             "the public certificate only (`gpg --export --armor FPR`), replace the file and delete this copy "
             "securely (the partner should consider that key exposed)"
         )
     if len(certs) != 1:
-        raise KeyError_(f"{where} holds {len(certs)} certificates; keep exactly one (the partner's) in the file")
+        raise KeyFileError(f"{where} holds {len(certs)} certificates; keep exactly one (the partner's) in the file")
     return certs[0]
 
 
@@ -361,7 +361,7 @@ def generate_keys(
     }
     existing = [str(p) for p in paths.values() if p.exists() or p.is_symlink()]
     if existing and not overwrite:
-        raise KeyError_(
+        raise KeyFileError(
             f"{directory}: keys already exist ({', '.join(existing)}); refusing to overwrite them. "
             "Move them away first, or pass --force if you really mean to replace them (partners must then "
             "receive the new public keys)"
@@ -384,7 +384,7 @@ def generate_keys(
                 validity_seconds=validity_days * 86400,
             )
     except (RuntimeError, ValueError) as exc:
-        raise KeyError_(f"generating the OpenPGP key for {party_id!r} failed: {_first_line(exc)}") from exc
+        raise KeyFileError(f"generating the OpenPGP key for {party_id!r} failed: {_first_line(exc)}") from exc
     cert = tsk.extract_certificate()
     comment = f"sftp-pipeline {party_id}"
     ssh_key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
@@ -417,7 +417,7 @@ def ssh_fingerprint(public_key_line: str) -> str:
     try:
         return str(asyncssh.import_public_key(public_key_line.strip()).get_fingerprint("sha256"))
     except (asyncssh.KeyImportError, ValueError) as exc:
-        raise KeyError_(f"{public_key_line[:40]!r}…: not an OpenSSH public key ({exc})") from None
+        raise KeyFileError(f"{public_key_line[:40]!r}…: not an OpenSSH public key ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -443,7 +443,7 @@ def _ssh_file_row(owner: str, kind: str, private: Path) -> KeyRow:
     problems: list[str] = []
     try:
         check_secret_file(private, what=kind)
-    except KeyError_ as exc:
+    except KeyFileError as exc:
         problems.append(str(exc))
     public = private.with_name(private.name + ".pub")
     try:
@@ -472,7 +472,7 @@ def list_keys(config: Config, now: datetime) -> list[KeyRow]:
     try:
         tsk = _read_tsk(config.keys.openpgp)
         rows.append(_pgp_row(us, "OpenPGP key", tsk.extract_certificate(), now))
-    except KeyError_ as exc:
+    except KeyFileError as exc:
         rows.append(KeyRow(us, "OpenPGP key", "?", "?", None, False, (str(exc),)))
     rows.append(_ssh_file_row(us, "SSH identity", config.keys.ssh))
     if config.server is not None or config.keys.host_key.exists():
@@ -481,7 +481,7 @@ def list_keys(config: Config, now: datetime) -> list[KeyRow]:
         owner = f"partner {partner.id}"
         try:
             rows.append(_pgp_row(owner, "OpenPGP certificate", load_partner_cert(partner), now))
-        except KeyError_ as exc:
+        except KeyFileError as exc:
             rows.append(KeyRow(owner, "OpenPGP certificate", "?", "?", None, False, (str(exc),)))
         for pin in partner.sftp.host_keys if partner.sftp else []:
             if pin.startswith("SHA256:"):

@@ -26,7 +26,7 @@ from sftp_pipeline.clock import Clock, utc_now
 from sftp_pipeline.config import AnyJob, CollectJob, Config, ReceiptsJob, ReportJob, SendJob
 from sftp_pipeline.daemon.scheduler import JobScheduler, LedgerMarks
 from sftp_pipeline.daemon.watcher import DropWatcher
-from sftp_pipeline.errors import PipelineError
+from sftp_pipeline.errors import AlreadyRunning, translate
 from sftp_pipeline.flows.collect import Collector, collect_on_upload
 from sftp_pipeline.flows.receipt_pull import ReceiptPuller
 from sftp_pipeline.flows.send import Outbound
@@ -42,22 +42,13 @@ LOCK_NAME = "daemon.lock"
 WATCH_SETTLE_SECONDS = 0.2
 
 
-class AlreadyRunning(PipelineError):
-    """Another daemon holds this state directory."""
-
-    exit_code = 2
-
-
 @contextlib.contextmanager
 def instance_lock(state_dir: Path) -> Iterator[None]:
     """Hold ``state_dir/daemon.lock`` (flock) for the life of the daemon; refuse when another process has it."""
     path = state_dir / LOCK_NAME
     held = try_lock(path)
     if isinstance(held, str):
-        raise AlreadyRunning(
-            f"{path}: another sftp-pipeline daemon (pid {held}) is running on this state directory; "
-            "stop it first (systemctl stop sftp-pipeline) — two daemons would race for the same files"
-        )
+        raise AlreadyRunning(lock=path, pid=held)
     try:
         yield
     finally:
@@ -95,8 +86,12 @@ class Daemon:
             else:
                 produced = await asyncio.to_thread(produce_report, rt, now=self.clock(), email=job.email)
                 ok = produced.mail is None or produced.mail.ok
-        except PipelineError as exc:
-            log.error("job %s failed: %s", job.name, exc)
+        except Exception as exc:  # one job's failure must not stop the daemon: logged, retried at its next run
+            error = translate(exc)
+            if error is None:
+                log.exception("job %s: internal error (a bug in sftp-pipeline; please report it)", job.name)
+            else:
+                log.error("job %s failed: %s", job.name, error)
             return
         if not ok:
             log.warning("job %s finished with problems (see the log above and `sftp-pipeline status`)", job.name)

@@ -59,7 +59,7 @@ from typing import Any
 
 from sftp_pipeline.clock import Clock, rfc3339, utc_now
 from sftp_pipeline.config import Config, Partner, ReceiptsJob
-from sftp_pipeline.errors import KeyError_, LedgerError, PipelineError, ReceiptInvalid, TransportError
+from sftp_pipeline.errors import KeyFileError, LedgerError, PipelineError, ReceiptInvalid, TransportError
 from sftp_pipeline.faults import crash_point
 from sftp_pipeline.flows.service import Service, TransportFactory
 from sftp_pipeline.fsutil import fsync_dir, move_into
@@ -268,7 +268,7 @@ class _PartnerPull:
     async def run(self) -> None:
         try:
             cert = self._issuer_cert()
-        except KeyError_ as exc:
+        except KeyFileError as exc:
             # Fixable configuration: judging receipts with a broken certificate would quarantine good ones.
             self._outcome(self.partner.id, None, "error", f"receipts left in place: {exc}")
             return

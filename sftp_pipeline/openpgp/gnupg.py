@@ -58,7 +58,7 @@ class GnupgRun:
     plaintext_size: int
 
 
-class GnupgCannot(Exception):
+class _GnupgCannot(Exception):
     """GnuPG cannot hold our key (an RFC 9580 key in GnuPG 2.2): open with Sequoia instead. Never leaves
     this package."""
 
@@ -107,7 +107,7 @@ def gnupg_home(gpg: str, keys: SecretKey, sender: Cert) -> Iterator[tuple[Path, 
                 check=False,
             )
             if path == secret and b"IMPORT_OK" not in done.stdout:
-                raise GnupgCannot(done.stderr.decode("utf-8", "replace"))
+                raise _GnupgCannot(done.stderr.decode("utf-8", "replace"))
         secret.unlink()
         yield home, base
     finally:

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from sftp_pipeline.errors import OpenRejected
+from sftp_pipeline.errors import OpenRejected, PacketError, PacketsTruncated
 from sftp_pipeline.fsutil import sha256_file
 from sftp_pipeline.openpgp import gnupg, packets, sequoia
 from sftp_pipeline.openpgp import rejections as r
@@ -79,11 +79,11 @@ def _shape(src: Path) -> _Shape:
                 if shape is not None:
                     return shape
                 recipients += 1
-        except packets.Truncated:
+        except PacketsTruncated:
             if recipients:
                 raise OpenRejected(r.TAMPERED, f"{src}: truncated at {size} bytes; ask for it again") from None
             raise OpenRejected(r.MALFORMED, f"{src}: a packet runs past the end of the file; not a message") from None
-        except packets.Malformed as exc:
+        except PacketError as exc:
             raise OpenRejected(r.MALFORMED, f"{src}: {exc}; not a message") from None
     raise OpenRejected(r.TAMPERED, f"{src}: session keys but no encrypted data (truncated?)")
 
@@ -175,7 +175,7 @@ def open_message(
         if gpg and engine == "gnupg":
             try:
                 algorithms, name = gnupg.open_file(src, part, keys, sender, now, max_output, gpg)
-            except gnupg.GnupgCannot:
+            except gnupg._GnupgCannot:
                 part.unlink(missing_ok=True)
                 engine = "sequoia"
         if engine == "sequoia":

@@ -26,22 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from sftp_pipeline.errors import PacketError, PacketsTruncated
+
 PKESK, SIGNATURE, SKESK, ONE_PASS_SIGNATURE, COMPRESSED, SED, LITERAL, SEIPD, OCB = 1, 2, 3, 4, 8, 9, 11, 18, 20
 SESSION_KEYS = frozenset({PKESK, SKESK})
 # The packets that may have a partial-body or indeterminate length (RFC 9580 §4.2.1.4, RFC 4880 §4.2.1).
 STREAMABLE = frozenset({COMPRESSED, SED, LITERAL, SEIPD, OCB})
-
-
-class Malformed(ValueError):
-    """Not a sequence of OpenPGP packets (from ``offset`` on)."""
-
-    def __init__(self, offset: int, what: str) -> None:
-        super().__init__(f"byte {offset}: {what}")
-        self.offset = offset
-
-
-class Truncated(ValueError):
-    """A header or body runs past the end of the data (for a prefix: a header does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +44,9 @@ class Packet:
 
 def walk(fh: BinaryIO, size: int, *, prefix: bool = False) -> Iterator[Packet]:
     """The top-level packets of ``fh[0:size]``, in order. ``prefix``: ``fh`` holds only the first ``size`` bytes
-    of the message. The caller may read and seek ``fh`` between packets. Raises :class:`Malformed` or
-    :class:`Truncated` where the walk cannot go on."""
+    of the message. The caller may read and seek ``fh`` between packets. Raises
+    :class:`~sftp_pipeline.errors.PacketError` (:class:`~sftp_pipeline.errors.PacketsTruncated` for data that
+    ends too early) where the walk cannot go on."""
     pos = 0
     while pos < size:
         fh.seek(pos)
@@ -74,7 +65,7 @@ def walk_bytes(data: bytes, *, prefix: bool = False) -> Iterator[Packet]:
 def _read(fh: BinaryIO, n: int) -> bytes:
     data = fh.read(n)
     if len(data) != n:
-        raise Truncated(f"a packet header is cut off at byte {fh.tell()}")
+        raise PacketsTruncated(fh.tell(), "a packet header is cut off here")
     return data
 
 
@@ -84,13 +75,13 @@ def _past(end: int, size: int, prefix: bool) -> bool:
         return False
     if prefix:
         return True
-    raise Truncated(f"a packet runs to byte {end}, past the end of the data at {size}")
+    raise PacketsTruncated(size, f"the data ends here, but a packet runs to byte {end}")
 
 
 def _header(fh: BinaryIO, offset: int, size: int, prefix: bool) -> Packet:
     ctb = _read(fh, 1)[0]
     if not ctb & 0x80:
-        raise Malformed(offset, "not an OpenPGP packet header")
+        raise PacketError(offset, "not an OpenPGP packet header")
     if ctb & 0x40:  # new format
         tag = ctb & 0x3F
         start = -1
@@ -104,7 +95,7 @@ def _header(fh: BinaryIO, offset: int, size: int, prefix: bool) -> Packet:
                 length = int.from_bytes(_read(fh, 4), "big")
             else:  # a partial-body chunk: more chunks follow it
                 if tag not in STREAMABLE:
-                    raise Malformed(offset, f"packet tag {tag} may not have a partial-body length")
+                    raise PacketError(offset, f"packet tag {tag} may not have a partial-body length")
                 start = fh.tell() if start < 0 else start
                 chunk_end = fh.tell() + (1 << (first & 0x1F))
                 if _past(chunk_end, size, prefix):
@@ -120,7 +111,7 @@ def _header(fh: BinaryIO, offset: int, size: int, prefix: bool) -> Packet:
     width = {0: 1, 1: 2, 2: 4}.get(ctb & 0x03)
     if width is None:  # indeterminate length: runs to the end of the message
         if tag not in STREAMABLE:
-            raise Malformed(offset, f"packet tag {tag} may not have an indeterminate length")
+            raise PacketError(offset, f"packet tag {tag} may not have an indeterminate length")
         return Packet(tag, offset, fh.tell(), None if prefix else size)
     length = int.from_bytes(_read(fh, width), "big")
     end = fh.tell() + length

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pysequoia
 
-from sftp_pipeline.errors import CryptoError, disk_full, is_no_space
+from sftp_pipeline.errors import CryptoError, PacketError, disk_full, is_no_space
 from sftp_pipeline.fsutil import sha256_file
 from sftp_pipeline.openpgp import packets
 from sftp_pipeline.openpgp.policy import AEAD_NAMES, CIPHER_NAMES, Cert, CertInfo, SigningKey, _first_line, check_cert
@@ -66,7 +66,7 @@ def _encryption_layer(head: bytes) -> tuple[int, int | None, int | None]:
                     return 2, body[1], body[2]
                 return body[0], None, None
             raise CryptoError(f"sealed output has packet tag {packet.tag} where encrypted data was expected")
-    except (packets.Malformed, packets.Truncated) as exc:
+    except PacketError as exc:
         raise CryptoError(f"sealed output is not a binary OpenPGP message ({exc})") from None
     raise CryptoError("sealed output has no encrypted data packet")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pysequoia
 from pysequoia.packet import PacketPile
 
-from sftp_pipeline.errors import OpenRejected
+from sftp_pipeline.errors import OpenRejected, PacketError
 from sftp_pipeline.openpgp import packets
 from sftp_pipeline.openpgp import rejections as r
 from sftp_pipeline.openpgp.policy import Cert, SecretKey, describe_cert
@@ -124,7 +124,7 @@ def open_file(src: Path, part: Path, keys: SecretKey, sender: Cert, now: datetim
         if "no key" in lowered or ("decrypt" in lowered and "session key" in lowered):
             try:
                 addressed = bool(_addressed_to(src) & _our_key_ids(keys))
-            except (OSError, packets.Malformed, packets.Truncated):
+            except (OSError, PacketError):
                 addressed = False
             if addressed:
                 raise OpenRejected(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from sftp_pipeline import fsutil
+from sftp_pipeline.errors import PacketError, PacketsTruncated
 from sftp_pipeline.openpgp import gnupg, packets
 from sftp_pipeline.openpgp.policy import Cert, SecretKey
 
@@ -58,9 +59,9 @@ def head_seipd_version(head: bytes) -> int | None:
             if packet.tag == packets.SEIPD and recipients:
                 return head[packet.body_start] if packet.body_start < len(head) else None
             return 0
-    except packets.Truncated:
+    except PacketsTruncated:
         return None
-    except packets.Malformed:
+    except PacketError:
         return 0
     return None
 
@@ -107,7 +108,7 @@ class GnupgStream:
     def _start(self, gpg: str) -> bool:
         try:
             _home, base = self._home.enter_context(gnupg.gnupg_home(gpg, self._keys, self._sender))
-        except gnupg.GnupgCannot:
+        except gnupg._GnupgCannot:
             self._home.close()
             return False
         self.part.unlink(missing_ok=True)

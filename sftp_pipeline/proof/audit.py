@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sftp_pipeline.config import Config
-from sftp_pipeline.errors import LedgerError, PipelineError
+from sftp_pipeline.errors import AuditError, LedgerError
 from sftp_pipeline.ledger import AuditEvent, Ledger
 
 LOG_NAME = "audit.jsonl"
@@ -43,10 +43,6 @@ SYNC_BATCH = 1000
 MAX_LINE_BYTES = 1024 * 1024
 # Why 64 KiB: reading the tail backwards in blocks finds the last line in one read almost always.
 TAIL_BLOCK = 64 * 1024
-
-
-class AuditError(PipelineError):
-    """The audit log cannot be written or does not match its head (truncated, foreign, unreadable)."""
 
 
 @dataclass(frozen=True)

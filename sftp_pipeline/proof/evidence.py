@@ -34,7 +34,7 @@ from pysequoia.packet import PacketPile, Tag
 
 from sftp_pipeline.clock import parse_rfc3339
 from sftp_pipeline.config import Config
-from sftp_pipeline.errors import KeyError_, PipelineError, ReceiptInvalid
+from sftp_pipeline.errors import EvidenceError, KeyFileError, PipelineError, ReceiptInvalid
 from sftp_pipeline.keys import OPENPGP_CERT_NAME, load_partner_cert
 from sftp_pipeline.ledger import Inbound, Ledger, Transfer
 from sftp_pipeline.proof.audit import (
@@ -63,10 +63,6 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 CHUNK = 1024 * 1024
 # Verdicts of a partner's receipt that settle the transfer; the bundle prefers those.
 SETTLING = ("receipted", "rejected", "mismatch", "duplicate")
-
-
-class EvidenceError(PipelineError):
-    """A bundle cannot be built (unknown transfer, ambiguous id, unreadable certificate)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +100,7 @@ def _our_cert(config: Config) -> bytes:
     try:
         return _armored_public(source.read_bytes(), str(source))
     except OSError as exc:
-        raise KeyError_(f"{source}: cannot read our OpenPGP certificate: {exc.strerror}") from exc
+        raise KeyFileError(f"{source}: cannot read our OpenPGP certificate: {exc.strerror}") from exc
 
 
 def _receipt_files(config: Config, ledger: Ledger, row: Transfer) -> dict[str, bytes]:

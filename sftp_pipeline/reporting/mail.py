@@ -45,7 +45,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from sftp_pipeline.config import Smtp
-from sftp_pipeline.errors import PipelineError
+from sftp_pipeline.errors import (
+    MailAuthError,
+    MailError,
+    MailPermanentError,
+    MailRecipientsRefused,
+    MailSecurityError,
+    MailTemporaryError,
+    PipelineError,
+)
 from sftp_pipeline.faults import crash_point
 from sftp_pipeline.fsutil import fsync_dir, remove_stale_temps
 from sftp_pipeline.keys import Passphrase, read_passphrase
@@ -70,36 +78,6 @@ EHLO_NAME = socket.gethostname() or "localhost"
 
 
 # ---------------------------------------------------------------------------------------------- errors
-
-
-class MailError(PipelineError):
-    """A report could not be emailed."""
-
-
-class MailTemporaryError(MailError):
-    """The server is down, timed out or answered 4xx: the message stays queued and goes on the next run."""
-
-    retryable = True
-
-
-class MailSecurityError(MailError):
-    """Sending would be insecure (no STARTTLS, untrusted certificate, a password over clear text)."""
-
-
-class MailPermanentError(MailError):
-    """The server refused the message with 5xx: retrying the same message will not help."""
-
-
-class MailAuthError(MailPermanentError):
-    """The server refused our login; fix the password or username, the message waits in the outbox."""
-
-
-class MailRecipientsRefused(MailPermanentError):
-    """Every recipient was refused, at least one for good; ``refused`` maps each to ``(code, reply)``."""
-
-    def __init__(self, message: str, refused: dict[str, tuple[int, str]]) -> None:
-        super().__init__(message)
-        self.refused = refused
 
 
 # ---------------------------------------------------------------------------------------------- message

@@ -34,7 +34,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sftp_pipeline.clock import rfc3339
-from sftp_pipeline.errors import PipelineError, SignatureRefused
+from sftp_pipeline.errors import ReportError, SignatureRefused
 from sftp_pipeline.fsutil import remove_stale_temps
 from sftp_pipeline.openpgp import Cert, SigningKey
 from sftp_pipeline.openpgp.signatures import sign_detached, verify_detached
@@ -76,10 +76,6 @@ _EXCEPTION_HEADERS = ("Status", "Direction", "Partner", "Transfer id", "Document
                       "Sent / received at", "Detail", "What to do")  # fmt: skip
 _SMALL = "color:#666666;font-size:11px;"
 _H2 = "font-size:16px;margin:18px 0 6px 0;"
-
-
-class ReportError(PipelineError):
-    """The report could not be written or signed."""
 
 
 @dataclass(frozen=True)

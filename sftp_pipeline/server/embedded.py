@@ -46,7 +46,7 @@ import asyncssh
 
 from sftp_pipeline.clock import Clock, rfc3339, utc_now
 from sftp_pipeline.config import Config, RemoteDirs, Server
-from sftp_pipeline.errors import NO_SPACE_ERRNOS, ConfigError, KeyError_
+from sftp_pipeline.errors import NO_SPACE_ERRNOS, ConfigError, KeyFileError
 from sftp_pipeline.names import TEMP_PREFIX, TEMP_SUFFIX, is_safe_name, is_temporary
 from sftp_pipeline.transport import sshalgs
 
@@ -694,27 +694,29 @@ class EmbeddedServer:
         try:
             mode = path.stat().st_mode
         except FileNotFoundError:
-            raise KeyError_(
+            raise KeyFileError(
                 f"{path}: SFTP server host key not found; create it with "
                 f"`ssh-keygen -t ed25519 -N '' -f {path}` or set keys.host_key"
             ) from None
         except OSError as exc:
-            raise KeyError_(f"{path}: cannot read the SFTP server host key: {exc.strerror}") from exc
+            raise KeyFileError(f"{path}: cannot read the SFTP server host key: {exc.strerror}") from exc
         if mode & 0o077:
-            raise KeyError_(
+            raise KeyFileError(
                 f"{path}: the SFTP server host key is readable by group or others "
                 f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
             )
         try:
             key = asyncssh.read_private_key(path)
         except (asyncssh.KeyImportError, OSError, ValueError) as exc:
-            raise KeyError_(f"{path}: not a usable unencrypted OpenSSH private key for the SFTP server: {exc}") from exc
+            raise KeyFileError(
+                f"{path}: not a usable unencrypted OpenSSH private key for the SFTP server: {exc}"
+            ) from exc
         pairs = list(asyncssh.load_keypairs([key]))
         preferred = [alg.encode("ascii") for alg in sshalgs.HOST_KEY_ALGS]
         for pair in pairs:  # offer only allowed signature algorithms (never ssh-rsa/SHA-1), ours first
             pair.host_key_algorithms = [alg for alg in preferred if alg in pair.host_key_algorithms]
         if not any(pair.host_key_algorithms for pair in pairs):
-            raise KeyError_(
+            raise KeyFileError(
                 f"{path}: host key type {key.get_algorithm()} is not allowed "
                 f"(allowed: {', '.join(sshalgs.HOST_KEY_ALGS)}); generate an ed25519 key"
             )

@@ -549,11 +549,11 @@ def _load_client_key(path: Path, passphrase: str | None, partner_id: str) -> asy
         return asyncssh.read_private_key(str(path), passphrase)
     except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
         hint = "check keys.ssh_passphrase" if "passphrase" in str(exc).lower() else "check keys.ssh"
-        raise errors.KeyError_(
+        raise errors.KeyFileError(
             f"our SSH key {path} (used for partner {partner_id!r}) cannot be loaded: {exc}; {hint}"
         ) from exc
     except OSError as exc:
-        raise errors.KeyError_(
+        raise errors.KeyFileError(
             f"our SSH key {path} (used for partner {partner_id!r}) cannot be read: {exc.strerror}; "
             "check keys.ssh in the configuration"
         ) from exc

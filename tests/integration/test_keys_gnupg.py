@@ -71,12 +71,12 @@ def test_key_protected_by_gnupg_loads_with_passphrase(
     fpr = gpg.generate("Sunrise DER (gpg-made)", passphrase=GPG_PASSPHRASE)
     _write_secret(gen.openpgp_key, gpg.export_secret(fpr, passphrase=GPG_PASSPHRASE))
 
-    with pytest.raises(errors.KeyError_, match=r"passphrase-protected; set keys\.openpgp_passphrase"):
+    with pytest.raises(errors.KeyFileError, match=r"passphrase-protected; set keys\.openpgp_passphrase"):
         load_our_keys(_config(tmp_path, gen), NOW)
 
     config = _config(tmp_path, gen, openpgp_passphrase=Secret(env="SFTP_TEST_PGP_PW"))
     monkeypatch.setenv("SFTP_TEST_PGP_PW", "not it")
-    with pytest.raises(errors.KeyError_, match="cannot unlock the OpenPGP secret key"):
+    with pytest.raises(errors.KeyFileError, match="cannot unlock the OpenPGP secret key"):
         load_our_keys(config, NOW)
 
     monkeypatch.setenv("SFTP_TEST_PGP_PW", GPG_PASSPHRASE)

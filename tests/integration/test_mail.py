@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.config import Smtp
-from sftp_pipeline.errors import PipelineError
+from sftp_pipeline.errors import MailAuthError, MailSecurityError, MailTemporaryError, PipelineError
 from sftp_pipeline.keys import Passphrase
 from sftp_pipeline.reporting.mail import (
     ENVELOPE_HEADER,
-    MailAuthError,
     MailQueue,
-    MailSecurityError,
-    MailTemporaryError,
     ReportMail,
     SendResult,
     build_message,

@@ -10,7 +10,7 @@ import asyncssh
 import pytest
 
 from sftp_pipeline.config import Config, Partner
-from sftp_pipeline.errors import ConfigError, KeyError_
+from sftp_pipeline.errors import ConfigError, KeyFileError
 from sftp_pipeline.server.embedded import EmbeddedServer
 from tests.peers.embedded import LoginKey, make_host_key, make_login_key, make_server_config
 
@@ -41,21 +41,21 @@ def _start(server: EmbeddedServer) -> None:
 def test_a_missing_host_key_is_a_key_error(hosting: tuple[Config, LoginKey]) -> None:
     config, _ = hosting
     missing = config.base_dir / "keys" / "nope"
-    with pytest.raises(KeyError_, match=r"nope: SFTP server host key not found; create it with `ssh-keygen"):
+    with pytest.raises(KeyFileError, match=r"nope: SFTP server host key not found; create it with `ssh-keygen"):
         _start(EmbeddedServer(config, host_key=missing))
 
 
 def test_a_host_key_readable_by_others_is_refused(hosting: tuple[Config, LoginKey]) -> None:
     config, _ = hosting
     config.keys.host_key.chmod(0o644)
-    with pytest.raises(KeyError_, match=r"readable by group or others \(mode 0644\); run `chmod 600"):
+    with pytest.raises(KeyFileError, match=r"readable by group or others \(mode 0644\); run `chmod 600"):
         _start(EmbeddedServer(config))
 
 
 def test_a_host_key_that_is_not_a_key_is_refused(hosting: tuple[Config, LoginKey]) -> None:
     config, _ = hosting
     config.keys.host_key.write_text("not a key\n")
-    with pytest.raises(KeyError_, match="not a usable unencrypted OpenSSH private key"):
+    with pytest.raises(KeyFileError, match="not a usable unencrypted OpenSSH private key"):
         _start(EmbeddedServer(config))
 
 

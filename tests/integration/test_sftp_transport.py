@@ -175,7 +175,7 @@ def test_passphrase_protected_client_key(sshd: Sshd, tmp_path: Path) -> None:
             return t.session.kex
 
     assert asyncio.run(main("correct horse")) == "curve25519-sha256"
-    with pytest.raises(errors.KeyError_, match="locked") as caught:
+    with pytest.raises(errors.KeyFileError, match="locked") as caught:
         asyncio.run(main("wrong"))
     assert "wrong" not in str(caught.value)  # the passphrase never appears in a message
 

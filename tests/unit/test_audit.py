@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from sftp_pipeline.errors import AuditError
 from sftp_pipeline.ledger import Ledger
 from sftp_pipeline.ledger.sqlite import SqliteLedger
-from sftp_pipeline.proof.audit import GENESIS, Audit, AuditError, canonical, line_hash, lines_for, verify
+from sftp_pipeline.proof.audit import GENESIS, Audit, canonical, line_hash, lines_for, verify
 
 
 class FakeClock:

@@ -104,7 +104,7 @@ def test_generate_pq(tmp_path: Path) -> None:
 
 def test_generate_refuses_to_overwrite(tmp_path: Path, generated: GeneratedKeys) -> None:
     before = generated.openpgp_key.read_bytes()
-    with pytest.raises(errors.KeyError_, match="refusing to overwrite"):
+    with pytest.raises(errors.KeyFileError, match="refusing to overwrite"):
         generate_keys(generated.directory, party_id="x", party_name="X", pq=False, passphrase=None)
     assert generated.openpgp_key.read_bytes() == before
     again = generate_keys(tmp_path, party_id="x", party_name="X", pq=False, passphrase=None)
@@ -135,18 +135,18 @@ def test_load_our_keys(tmp_path: Path, generated: GeneratedKeys) -> None:
 def test_world_readable_secret_is_refused_at_load(tmp_path: Path) -> None:
     gen = generate_keys(tmp_path, party_id="a", party_name="A", pq=False, passphrase=None)
     gen.openpgp_key.chmod(0o644)
-    with pytest.raises(errors.KeyError_) as caught:
+    with pytest.raises(errors.KeyFileError) as caught:
         load_our_keys(_config(tmp_path, gen), NOW)
     message = str(caught.value)
     assert str(gen.openpgp_key) in message and "0644" in message and f"chmod 600 {gen.openpgp_key}" in message
     gen.openpgp_key.chmod(0o600)
     gen.ssh_private.chmod(0o640)
-    with pytest.raises(errors.KeyError_, match="SSH private key is accessible by group"):
+    with pytest.raises(errors.KeyFileError, match="SSH private key is accessible by group"):
         load_our_keys(_config(tmp_path, gen), NOW)
 
 
 def test_missing_key_file_says_generate(tmp_path: Path) -> None:
-    with pytest.raises(errors.KeyError_, match="sftp-pipeline keys generate"):
+    with pytest.raises(errors.KeyFileError, match="sftp-pipeline keys generate"):
         check_secret_file(tmp_path / "openpgp.key")
 
 
@@ -157,7 +157,7 @@ def test_expired_own_key_is_refused(tmp_path: Path, generated: GeneratedKeys) ->
 
 def test_passphrase_from_env_and_file(tmp_path: Path) -> None:
     assert read_passphrase(Secret(env="PW"), what="SSH key", environ={"PW": SECRET}).reveal() == SECRET
-    with pytest.raises(errors.KeyError_, match="environment variable PW_MISSING"):
+    with pytest.raises(errors.KeyFileError, match="environment variable PW_MISSING"):
         read_passphrase(Secret(env="PW_MISSING"), what="SSH key", environ={})
     pw_file = tmp_path / "pw"
     fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -165,7 +165,7 @@ def test_passphrase_from_env_and_file(tmp_path: Path) -> None:
     os.close(fd)
     assert read_passphrase(Secret(file=pw_file), what="SSH key").reveal() == SECRET
     pw_file.chmod(0o644)
-    with pytest.raises(errors.KeyError_, match="chmod 600"):
+    with pytest.raises(errors.KeyFileError, match="chmod 600"):
         read_passphrase(Secret(file=pw_file), what="SSH key")
 
 
@@ -173,16 +173,16 @@ def test_encrypted_ssh_key_loads_with_passphrase_from_env(tmp_path: Path, monkey
     gen = generate_keys(tmp_path, party_id="a", party_name="A", pq=False, passphrase=Passphrase(SECRET))
     config = _config(tmp_path, gen, ssh_passphrase=Secret(env="SFTP_TEST_SSH_PW"))
     monkeypatch.delenv("SFTP_TEST_SSH_PW", raising=False)
-    with pytest.raises(errors.KeyError_, match="SFTP_TEST_SSH_PW"):
+    with pytest.raises(errors.KeyFileError, match="SFTP_TEST_SSH_PW"):
         load_our_keys(config, NOW)
     monkeypatch.setenv("SFTP_TEST_SSH_PW", "wrong")
-    with pytest.raises(errors.KeyError_, match=r"check keys\.ssh_passphrase"):
+    with pytest.raises(errors.KeyFileError, match=r"check keys\.ssh_passphrase"):
         load_our_keys(config, NOW)
     monkeypatch.setenv("SFTP_TEST_SSH_PW", SECRET)
     keys = load_our_keys(config, NOW)
     assert keys.ssh_passphrase is not None and keys.ssh_passphrase.reveal() == SECRET
     assert SECRET not in repr(keys) and SECRET not in str(keys)
-    with pytest.raises(errors.KeyError_, match=r"set keys\.ssh_passphrase"):
+    with pytest.raises(errors.KeyFileError, match=r"set keys\.ssh_passphrase"):
         load_our_keys(_config(tmp_path, gen), NOW)
 
 
@@ -204,13 +204,13 @@ def _partner(cert_path: Path, **extra: object) -> Partner:
 def test_partner_cert(tmp_path: Path, generated: GeneratedKeys) -> None:
     cert = load_partner_cert(_partner(generated.openpgp_cert))
     assert cert.fingerprint.lower() == generated.openpgp_fingerprint
-    with pytest.raises(errors.KeyError_, match=r"partner 'utility'.*missing\.asc not found"):
+    with pytest.raises(errors.KeyFileError, match=r"partner 'utility'.*missing\.asc not found"):
         load_partner_cert(_partner(tmp_path / "missing.asc"))
     junk = tmp_path / "junk.asc"
     junk.write_text("not a key")
-    with pytest.raises(errors.KeyError_, match="is not an OpenPGP certificate"):
+    with pytest.raises(errors.KeyFileError, match="is not an OpenPGP certificate"):
         load_partner_cert(_partner(junk))
-    with pytest.raises(errors.KeyError_, match="SECRET key material"):
+    with pytest.raises(errors.KeyFileError, match="SECRET key material"):
         load_partner_cert(_partner(generated.openpgp_key))
     two = tmp_path / "two.asc"
     two.write_bytes(
@@ -218,7 +218,7 @@ def test_partner_cert(tmp_path: Path, generated: GeneratedKeys) -> None:
         + b"\n"
         + pysequoia.Tsk.generate("B").extract_certificate().__str__().encode()
     )
-    with pytest.raises(errors.KeyError_, match="holds 2 certificates"):
+    with pytest.raises(errors.KeyFileError, match="holds 2 certificates"):
         load_partner_cert(_partner(two))
 
 

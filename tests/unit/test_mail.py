@@ -13,17 +13,19 @@ from typing import Any
 import pytest
 
 from sftp_pipeline.config import Secret, Smtp
-from sftp_pipeline.errors import PipelineError
+from sftp_pipeline.errors import (
+    MailAuthError,
+    MailError,
+    MailPermanentError,
+    MailSecurityError,
+    MailTemporaryError,
+    PipelineError,
+)
 from sftp_pipeline.fsutil import STALE_TEMP_SECONDS
 from sftp_pipeline.keys import Passphrase
 from sftp_pipeline.reporting.mail import (
     ENVELOPE_HEADER,
-    MailAuthError,
-    MailError,
-    MailPermanentError,
     MailQueue,
-    MailSecurityError,
-    MailTemporaryError,
     ReportMail,
     build_message,
     deliver,

@@ -157,7 +157,7 @@ def test_packet_header_parser_handles_all_length_forms() -> None:
     new_two_octet = bytes([0xC0 | 18, 192, 8]) + b"\x01" + b"z" * 199
     walked = packets.walk_bytes(old_one_octet + new_two_octet)
     assert [(p.tag, (p.body_end or 0) - p.body_start) for p in walked] == [(1, 3), (18, 200)]
-    with pytest.raises(packets.Malformed):
+    with pytest.raises(errors.PacketError):
         list(packets.walk_bytes(b"\x00garbage"))
 
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sftp_pipeline.errors import PacketError, PacketsTruncated
 from sftp_pipeline.openpgp import packets
 from sftp_pipeline.openpgp.stream import head_seipd_version
 
@@ -53,26 +54,26 @@ def test_a_partial_body_is_walked_chunk_by_chunk_to_its_end() -> None:
 
 def test_partial_or_indeterminate_lengths_only_on_data_packets() -> None:
     """The strictest of the old copies: a session key or signature never streams."""
-    with pytest.raises(packets.Malformed, match="partial-body"):
+    with pytest.raises(PacketError, match="partial-body"):
         shape(bytes([0xC0 | packets.PKESK, 224 + 9]) + b"k" * 600)
-    with pytest.raises(packets.Malformed, match="indeterminate"):
+    with pytest.raises(PacketError, match="indeterminate"):
         shape(bytes([0x80 | (packets.SIGNATURE << 2) | 3]) + b"sig")
     assert shape(bytes([0x80 | (packets.LITERAL << 2) | 3]) + b"literal") == [(packets.LITERAL, 1, 8)]
 
 
 def test_truncation_versus_a_prefix() -> None:
     data = new_header(packets.PKESK, 40) + b"k" * 40 + new_header(packets.SEIPD, 300) + b"\x01" + b"z" * 100
-    with pytest.raises(packets.Truncated):
+    with pytest.raises(PacketsTruncated):
         shape(data)
     assert shape(data, prefix=True) == [(packets.PKESK, 2, 42), (packets.SEIPD, 45, None)]
-    with pytest.raises(packets.Truncated):  # a header cut off is too short to tell, even for a prefix
+    with pytest.raises(PacketsTruncated):  # a header cut off is too short to tell, even for a prefix
         shape(data[:43], prefix=True)
 
 
 def test_garbage_is_not_openpgp() -> None:
-    with pytest.raises(packets.Malformed, match="byte 0"):
+    with pytest.raises(PacketError, match="byte 0"):
         shape(b"\x00garbage")
-    with pytest.raises(packets.Malformed, match="byte 3"):
+    with pytest.raises(PacketError, match="byte 3"):
         shape(new_header(packets.PKESK, 1) + b"k" + b"\x7f")
 
 
@@ -101,7 +102,7 @@ def test_any_bytes_either_walk_or_raise_one_of_the_two_errors(data: bytes) -> No
     for prefix in (False, True):
         try:
             walked = shape(data, prefix=prefix)
-        except (packets.Malformed, packets.Truncated):
+        except PacketError:
             continue
         ends = [end for _, _, end in walked]
         assert all(end is None or end <= len(data) for end in ends)

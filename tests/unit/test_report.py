@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 import pysequoia
 import pytest
 
+from sftp_pipeline.errors import ReportError
 from sftp_pipeline.openpgp import SigningKey
 from sftp_pipeline.proof.reconcile import IN_CLASSES, OUT_CLASSES, Alert, Line, ReceiptNote, Reconciliation
 from sftp_pipeline.reporting.render import (
     CSV_COLUMNS,
-    ReportError,
     defuse,
     format_latency,
     format_local,
