@@ -34,11 +34,11 @@ from pathlib import Path
 
 from sftp_pipeline.config import Config, Partner
 from sftp_pipeline.errors import PipelineError
-from sftp_pipeline.keys import KeyRow, list_keys, load_our_keys, load_partner_cert, read_passphrase
+from sftp_pipeline.folders import HOSTED_DIRS
+from sftp_pipeline.keys import KeyRow, list_keys, load_our_keys, load_partner_cert
 from sftp_pipeline.openpgp import CertInfo, check_cert, describe_cert
-from sftp_pipeline.server.embedded import HOSTED_DIRS
 from sftp_pipeline.transport import Transport, sshalgs
-from sftp_pipeline.transport.sftp import SftpTransport
+from sftp_pipeline.wiring import connect_once
 
 # The prefix of a detail that is fine today but needs action soon (the row is still ok).
 WARNING = "WARNING"
@@ -208,11 +208,7 @@ async def _sftp_checks(config: Config, partner: Partner) -> list[CheckResult]:
     assert endpoint is not None
     where = f"{endpoint.user}@{endpoint.host}:{endpoint.port}"
     try:
-        secret = config.keys.ssh_passphrase
-        passphrase = read_passphrase(secret, what="SSH key").reveal() if secret else None
-        transport: Transport = await SftpTransport.connect(
-            endpoint, client_key=config.keys.ssh, passphrase=passphrase, partner_id=partner.id
-        )
+        transport = await connect_once(config, partner)
     except PipelineError as exc:
         return [CheckResult(partner.id, "SSH connection", False, f"{where}: {exc}")]
     results: list[CheckResult] = []

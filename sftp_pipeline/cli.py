@@ -111,7 +111,6 @@ def send(
     retry_failed: Annotated[bool, typer.Option(help="Put failed transfers back in the queue first.")] = False,
 ) -> None:
     """Take documents from the drop folders, seal them and upload them to the partners."""
-    from sftp_pipeline.flows.send import Outbound
     from sftp_pipeline.wiring import open_runtime
 
     config = _config()
@@ -128,9 +127,7 @@ def send(
             disable=not err_console.is_terminal,
         )
         with progress:
-            outbound = Outbound(
-                config, rt.keys, rt.ledger, rt.connect, clock=rt.clock, progress=_RichProgress(progress)
-            )
+            outbound = rt.outbound(progress=_RichProgress(progress))
             report = asyncio.run(outbound.run(selected, dry_run=dry_run, retry_failed=retry_failed))
     table = Table("job", "file", "transfer", "result", "detail", title="send")
     rows = [(o.state, [o.job, o.name, o.transfer_id or "", o.state, o.detail]) for o in report.outcomes]
@@ -183,14 +180,12 @@ def collect(
     jobs: Annotated[list[str] | None, typer.Argument(help="Collect jobs to run (default: all collect jobs).")] = None,
 ) -> None:
     """Take partners' documents, open and verify them, deliver the plaintext and answer with signed receipts."""
-    from sftp_pipeline.flows.collect import Collector
     from sftp_pipeline.wiring import open_runtime
 
     config = _config()
     selected = config.jobs_of("collect", jobs)
     with open_runtime(config) as rt:
-        collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
-        report = asyncio.run(collector.run(selected))
+        report = asyncio.run(rt.collector().run(selected))
     table = Table("partner", "file", "transfer", "result", "detail", title="collect")
     rows = [(o.result, [o.partner, o.name, o.transfer_id or "", o.result, o.detail]) for o in report.outcomes]
     styles = {"rejected": "red", "pending": "yellow", "quarantined": "magenta", "accepted": "green"}
@@ -204,14 +199,12 @@ def receipts(
     jobs: Annotated[list[str] | None, typer.Argument(help="Receipts jobs to run (default: all).")] = None,
 ) -> None:
     """Pull partners' signed receipts for what we sent, verify them and settle each transfer."""
-    from sftp_pipeline.flows.receipt_pull import ReceiptPuller
     from sftp_pipeline.wiring import open_runtime
 
     config = _config()
     selected = config.jobs_of("receipts", jobs)
     with open_runtime(config) as rt:
-        puller = ReceiptPuller(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
-        report = asyncio.run(puller.run(selected))
+        report = asyncio.run(rt.receipt_puller().run(selected))
     table = Table("partner", "receipt", "transfer", "verdict", "detail", title="receipts")
     rows = [(o.verdict, [o.partner, o.name, o.transfer_id or "", o.verdict, o.detail]) for o in report.outcomes]
     _print_outcomes(table, rows, {}, fine="receipted", result_column=3, empty="no receipts waiting")
@@ -226,9 +219,7 @@ def serve() -> None:
     When a collect job exists for a partner, each completed upload is collected at once, so its receipt
     carries the moment the upload completed.
     """
-    from sftp_pipeline.flows.collect import Collector, collect_on_upload
-    from sftp_pipeline.server.embedded import EmbeddedServer
-    from sftp_pipeline.wiring import open_runtime
+    from sftp_pipeline.wiring import embedded_server, open_runtime
 
     config = _config()
     if config.server is None:
@@ -238,13 +229,11 @@ def serve() -> None:
         rt = open_runtime(config) if config.jobs_of("collect") else None
         on_upload = None
         if rt is not None:
-            collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
-            on_upload = collect_on_upload(
-                config,
-                collector,
+            on_upload = rt.upload_hook(
+                rt.collector(),
                 report=lambda o: err_console.print(f"{o.partner}: {o.name} {o.result} {o.detail}", highlight=False),
             )
-        server = EmbeddedServer(config, on_upload=on_upload)
+        server = embedded_server(config, on_upload=on_upload)
         await server.start()
         err_console.print(f"serving SFTP on {', '.join(config.server.listen)} port {server.port}")  # type: ignore[union-attr]
         try:
@@ -421,14 +410,13 @@ def report(
     ] = False,
 ) -> None:
     """Write the signed reconciliation report (HTML + CSV) and optionally email it to settlement staff."""
-    from sftp_pipeline.reporting.produce import produce_report
     from sftp_pipeline.wiring import open_runtime
 
     config = _config()
     if email and config.smtp is None:
         raise ConfigError(f"{config.path}: --email needs an [smtp] section (see docs/configuration.md)")
     with open_runtime(config) as rt:
-        produced = produce_report(rt, now=utc_now(), since=_since(since, rt.ledger) if since else "last", email=email)
+        produced = rt.produce_report(now=utc_now(), since=_since(since, rt.ledger) if since else "last", email=email)
     files = produced.files
     _print_reconciliation(produced.reconciliation)
     console.print(

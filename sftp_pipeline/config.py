@@ -238,7 +238,7 @@ class _Scheduled(_Model):
     def _cron(self) -> _Scheduled:
         """Check the schedule with crontab's own meaning (0 and 7 are Sunday) and that it ever fires."""
         if self.schedule is not None:
-            from sftp_pipeline.daemon.scheduler import CronSchedule
+            from sftp_pipeline.cron import CronSchedule
 
             try:
                 CronSchedule(self.schedule, self.timezone)

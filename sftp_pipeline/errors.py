@@ -81,8 +81,6 @@ class KeyFileError(PipelineError):
 class KeyPolicyError(KeyFileError):
     """A key exists but may not be used: expired, revoked, too weak or lacking a capability."""
 
-    exit_code = EXIT_USAGE
-
 
 # -- OpenPGP -------------------------------------------------------------------------------------------------
 
@@ -90,13 +88,9 @@ class KeyPolicyError(KeyFileError):
 class CryptoError(PipelineError):
     """Sealing, opening or signing an OpenPGP message failed."""
 
-    exit_code = EXIT_FAILED
-
 
 class OpenRejected(CryptoError):
     """An inbound message was refused; ``status`` is the receipt status code."""
-
-    exit_code = EXIT_FAILED
 
     def __init__(self, status: str, detail: str) -> None:
         super().__init__(detail, status=status)
@@ -106,16 +100,12 @@ class OpenRejected(CryptoError):
 class SigningError(CryptoError):
     """Our own key could not sign (locked, expired, not signing-capable)."""
 
-    exit_code = EXIT_FAILED
-
 
 SignatureReason = Literal["unsigned", "bad-signature", "wrong-signer"]
 
 
 class SignatureRefused(CryptoError):
     """A detached signature was refused; ``reason`` is "unsigned", "bad-signature" or "wrong-signer"."""
-
-    exit_code = EXIT_FAILED
 
     def __init__(self, reason: SignatureReason, detail: str) -> None:
         super().__init__(detail, reason=reason)
@@ -125,7 +115,6 @@ class SignatureRefused(CryptoError):
 class PacketError(CryptoError):
     """Bytes that are not a sequence of OpenPGP packets (from ``offset`` on)."""
 
-    exit_code = EXIT_FAILED
     template = "byte {offset}: {detail}"
 
     def __init__(self, offset: int, detail: str) -> None:
@@ -136,16 +125,12 @@ class PacketError(CryptoError):
 class PacketsTruncated(PacketError):
     """A packet header or body runs past the end of the data (for a prefix of a message: a header does)."""
 
-    exit_code = EXIT_FAILED
-
 
 ReceiptReason = Literal["bad-signature", "wrong-signer", "malformed", "wrong-parties", "unsigned"]
 
 
 class ReceiptInvalid(PipelineError):
     """A receipt was refused; ``reason`` says why (docs/receipts.md)."""
-
-    exit_code = EXIT_FAILED
 
     def __init__(self, reason: ReceiptReason, detail: str) -> None:
         super().__init__(detail, reason=reason)
@@ -158,26 +143,20 @@ class ReceiptInvalid(PipelineError):
 class TransportError(PipelineError):
     """Moving bytes to or from a partner failed."""
 
-    exit_code = EXIT_FAILED
     retryable: ClassVar[bool] = False
 
 
 class PermanentTransportError(TransportError):
     """Retrying will not help: authentication, permission, protocol refusal."""
 
-    exit_code = EXIT_FAILED
-
 
 class HostKeyError(PermanentTransportError):
     """The server's host key is not the pinned one."""
-
-    exit_code = EXIT_FAILED
 
 
 class TransientTransportError(TransportError):
     """A timeout, reset or similar: worth another attempt."""
 
-    exit_code = EXIT_FAILED
     retryable = True
 
 
@@ -187,13 +166,10 @@ class TransientTransportError(TransportError):
 class LedgerError(PipelineError):
     """The ledger could not be read or written."""
 
-    exit_code = EXIT_FAILED
-
 
 class DuplicateContent(LedgerError):
     """The same name and content was already sent to this partner (``original`` is that transfer's id)."""
 
-    exit_code = EXIT_FAILED
     template = "same name and content already sent as transfer {original}"
 
     def __init__(self, original: str) -> None:
@@ -204,14 +180,12 @@ class DuplicateContent(LedgerError):
 class LocalFileError(PipelineError):
     """A local file or folder could not be read or written (missing, permissions, not a directory…)."""
 
-    exit_code = EXIT_FAILED
     template = "{path}: {detail}; check that it exists and that this account may read and write it"
 
 
 class DiskFullError(LocalFileError):
     """A local file system has no space left (or the quota is used up); the work stays queued for a retry."""
 
-    exit_code = EXIT_FAILED
     template = (
         "{what}: no space left on device in {directory}; nothing was written under a final name and the document "
         "stays queued. Free space there (or move it to a larger disk) and it is retried on the next run"
@@ -221,19 +195,13 @@ class DiskFullError(LocalFileError):
 class AuditError(PipelineError):
     """The audit log is damaged or cannot be written."""
 
-    exit_code = EXIT_FAILED
-
 
 class EvidenceError(PipelineError):
     """An evidence bundle cannot be made, or a bundle to check cannot be read."""
 
-    exit_code = EXIT_FAILED
-
 
 class ReportError(PipelineError):
     """The report could not be written."""
-
-    exit_code = EXIT_FAILED
 
 
 # -- email --------------------------------------------------------------------------------------------------
@@ -242,39 +210,29 @@ class ReportError(PipelineError):
 class MailError(PipelineError):
     """A report could not be emailed."""
 
-    exit_code = EXIT_FAILED
     retryable: ClassVar[bool] = False
 
 
 class MailTemporaryError(MailError):
     """The server is down, timed out or answered 4xx: the message stays queued and goes on the next run."""
 
-    exit_code = EXIT_FAILED
     retryable = True
 
 
 class MailSecurityError(MailError):
     """Sending would be insecure (no STARTTLS, untrusted certificate, a password over clear text)."""
 
-    exit_code = EXIT_FAILED
-
 
 class MailPermanentError(MailError):
     """The server refused the message with 5xx: retrying the same message will not help."""
-
-    exit_code = EXIT_FAILED
 
 
 class MailAuthError(MailPermanentError):
     """The server refused our login; fix the password or username, the message waits in the outbox."""
 
-    exit_code = EXIT_FAILED
-
 
 class MailRecipientsRefused(MailPermanentError):
     """Every recipient was refused, at least one for good; ``refused`` maps each to ``(code, reply)``."""
-
-    exit_code = EXIT_FAILED
 
     def __init__(self, detail: str, refused: dict[str, tuple[int, str]]) -> None:
         super().__init__(detail, refused=refused)
@@ -287,7 +245,6 @@ class MailRecipientsRefused(MailPermanentError):
 class AlreadyRunning(PipelineError):
     """Another daemon holds this state directory: the work is done there, not here (not a usage error)."""
 
-    exit_code = EXIT_FAILED
     template = (
         "{lock}: another sftp-pipeline daemon (pid {pid}) is running on this state directory; stop it first "
         "(systemctl stop sftp-pipeline) — two daemons would race for the same files"

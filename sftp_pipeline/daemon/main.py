@@ -27,13 +27,9 @@ from sftp_pipeline.config import AnyJob, CollectJob, Config, ReceiptsJob, Report
 from sftp_pipeline.daemon.scheduler import JobScheduler, LedgerMarks
 from sftp_pipeline.daemon.watcher import DropWatcher
 from sftp_pipeline.errors import AlreadyRunning, translate
-from sftp_pipeline.flows.collect import Collector, collect_on_upload
-from sftp_pipeline.flows.receipt_pull import ReceiptPuller
-from sftp_pipeline.flows.send import Outbound
+from sftp_pipeline.flows.collect import Collector
 from sftp_pipeline.locks import try_lock
-from sftp_pipeline.reporting.produce import produce_report
-from sftp_pipeline.server.embedded import EmbeddedServer
-from sftp_pipeline.wiring import Runtime, open_runtime
+from sftp_pipeline.wiring import Runtime, embedded_server, open_runtime
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +62,7 @@ class Daemon:
         """One collector for the scheduled collect runs and the server's on-upload hook: its per-document locks
         keep the two from opening the same upload at once."""
         if self._collector is None:
-            self._collector = Collector(self.config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+            self._collector = rt.collector()
         return self._collector
 
     async def run_job(self, rt: Runtime, job: AnyJob, reason: str) -> None:
@@ -75,16 +71,16 @@ class Daemon:
         log.info("job %s: %s", job.name, reason)
         try:
             if isinstance(job, SendJob):
-                report = await Outbound(self.config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run([job])
+                report = await rt.outbound().run([job])
                 ok = report.ok
             elif isinstance(job, CollectJob):
                 collected = await self.collector(rt).run([job])
                 ok = collected.ok
             elif isinstance(job, ReceiptsJob):
-                pulled = await ReceiptPuller(self.config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run([job])
+                pulled = await rt.receipt_puller().run([job])
                 ok = pulled.ok
             else:
-                produced = await asyncio.to_thread(produce_report, rt, now=self.clock(), email=job.email)
+                produced = await asyncio.to_thread(rt.produce_report, now=self.clock(), email=job.email)
                 ok = produced.mail is None or produced.mail.ok
         except Exception as exc:  # one job's failure must not stop the daemon: logged, retried at its next run
             error = translate(exc)
@@ -119,7 +115,7 @@ class Daemon:
                 await scheduler.trigger(job, "start-up recovery")
         server = None
         if config.server is not None:
-            server = EmbeddedServer(config, on_upload=collect_on_upload(config, self.collector(rt)))
+            server = embedded_server(config, on_upload=rt.upload_hook(self.collector(rt)))
             await server.start()
             log.info("serving SFTP on port %d", server.port)
         watched = [j for j in jobs if isinstance(j, SendJob) and j.watch]

@@ -34,19 +34,14 @@ from rich.table import Table
 
 from sftp_pipeline.clock import utc_now
 from sftp_pipeline.config import Config, load_config
-from sftp_pipeline.demo.samples import Opened, gnupg_key, open_with_gnupg, write_samples, write_utility_samples
+from sftp_pipeline.demo.samples import GnupgOpened, gnupg_key, open_with_gnupg, write_samples, write_utility_samples
 from sftp_pipeline.errors import ConfigError
-from sftp_pipeline.flows.collect import Collector, collect_on_upload
-from sftp_pipeline.flows.collect import Outcome as CollectOutcome
-from sftp_pipeline.flows.receipt_pull import ReceiptPuller
-from sftp_pipeline.flows.send import Outbound
+from sftp_pipeline.flows.collect import CollectOutcome
 from sftp_pipeline.fsutil import sha256_file
 from sftp_pipeline.keys import generate_keys
 from sftp_pipeline.proof.reconcile import Reconciliation
-from sftp_pipeline.reporting.produce import produce_report
 from sftp_pipeline.reporting.render import ReportFiles
-from sftp_pipeline.server.embedded import EmbeddedServer
-from sftp_pipeline.wiring import Runtime, open_runtime
+from sftp_pipeline.wiring import Runtime, embedded_server, open_runtime
 
 MARKER = ".sftp-pipeline-demo"
 AGGREGATOR, UTILITY = "aggregator", "utility"
@@ -199,7 +194,7 @@ class Exchange:
 
 def _report(side: Side, rt: Runtime) -> None:
     """Reconcile, write the signed report, and email it to the party's [smtp] relay."""
-    produced = produce_report(rt, now=utc_now(), since=None, email=True)
+    produced = rt.produce_report(now=utc_now(), since=None, email=True)
     side.reconciliation, side.report = produced.reconciliation, produced.files
     if produced.mail is not None:
         side.emailed = produced.mail.sent
@@ -211,42 +206,34 @@ async def _exchange(utility: Config, agg_dir: Path, smtp_port: int | None) -> Ex
     problems: list[str] = []
     all_collected = asyncio.Event()
     with open_runtime(utility) as urt:
-        collector = Collector(utility, urt.keys, urt.ledger, urt.connect, clock=urt.clock)
+        collector = urt.collector()
 
         def note(outcome: CollectOutcome) -> None:
             collected.append(outcome)
             if len(collected) >= len(AGGREGATOR_SENDS):
                 all_collected.set()
 
-        async with EmbeddedServer(utility, on_upload=collect_on_upload(utility, collector, report=note)) as server:
+        async with embedded_server(utility, on_upload=urt.upload_hook(collector, report=note)) as server:
             host_key_pub = " ".join(utility.keys.host_key.with_suffix(".pub").read_text().split()[:2])
             _write_aggregator_config(agg_dir, host_key_pub, server.port, smtp_port)
             aggregator = load_config(agg_dir / "sftp-pipeline.toml")
             with open_runtime(aggregator) as art:
                 # 1. aggregator → utility: each upload is collected and receipted as it completes
-                sent = await Outbound(aggregator, art.keys, art.ledger, art.connect, clock=art.clock).run(
-                    aggregator.jobs_of("send")
-                )
+                sent = await art.outbound().run(aggregator.jobs_of("send"))
                 if not sent.ok:
                     problems.append(f"aggregator send: {[o.detail for o in sent.outcomes if o.state != 'uploaded']}")
                 # 2. utility → aggregator: placed on the utility's server, collected by the aggregator
-                back = await Outbound(utility, urt.keys, urt.ledger, urt.connect, clock=urt.clock).run(
-                    utility.jobs_of("send")
-                )
+                back = await urt.outbound().run(utility.jobs_of("send"))
                 if not back.ok:
                     problems.append("utility send failed")
-                fetched = await Collector(aggregator, art.keys, art.ledger, art.connect, clock=art.clock).run(
-                    aggregator.jobs_of("collect")
-                )
+                fetched = await art.collector().run(aggregator.jobs_of("collect"))
                 if not fetched.ok:
                     problems.append("aggregator collect failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(all_collected.wait(), COLLECT_WAIT)
                 # 3. both settle their ledgers from the other's signed receipts
                 for config, rt in ((aggregator, art), (utility, urt)):
-                    pulled = await ReceiptPuller(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run(
-                        config.jobs_of("receipts")
-                    )
+                    pulled = await rt.receipt_puller().run(config.jobs_of("receipts"))
                     if not pulled.ok:
                         problems.append(f"{config.party.id} receipts failed")
                 agg_side, utl_side = Side(aggregator), Side(utility)
@@ -298,7 +285,7 @@ def run_demo(directory: Path, *, size_mb: int, console: Console) -> bool:
     aggregator = exchange.aggregator.config
     received = utility.state_dir / "archive" / AGGREGATOR / "received"
     arrived = sorted(received.rglob("*.pgp"))
-    opened: dict[str, Opened] = {
+    opened: dict[str, GnupgOpened] = {
         o.name: o
         for o in open_with_gnupg(utility.keys.openpgp, agg / "keys" / "openpgp.asc", arrived, utl / "opened-with-gnupg")
     }

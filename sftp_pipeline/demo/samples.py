@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 @dataclass
-class Opened:
+class GnupgOpened:
     name: str
     ok: bool
     detail: str
@@ -112,11 +112,11 @@ def gnupg_key(user_id: str) -> tuple[bytes, bytes]:
     return secret.stdout, public.stdout
 
 
-def open_with_gnupg(secret_key: Path, sender_cert: Path, sealed: list[Path], out_dir: Path) -> list[Opened]:
+def open_with_gnupg(secret_key: Path, sender_cert: Path, sealed: list[Path], out_dir: Path) -> list[GnupgOpened]:
     """Open each sealed file with GnuPG as the receiving partner would; read its status lines, not its exit code."""
     gpg = shutil.which("gpg")
     if gpg is None:
-        return [Opened(p.name, False, "GnuPG is not installed (apt-get install gnupg)") for p in sealed]
+        return [GnupgOpened(p.name, False, "GnuPG is not installed (apt-get install gnupg)") for p in sealed]
     out_dir.mkdir(parents=True, exist_ok=True)
     sender_fpr = _fingerprint(sender_cert)
     results = []
@@ -143,7 +143,7 @@ def open_with_gnupg(secret_key: Path, sender_cert: Path, sealed: list[Path], out
                 and not kinds & {"BADSIG", "ERRSIG", "EXPKEYSIG", "REVKEYSIG", "DECRYPTION_FAILED"}
             )
             results.append(
-                Opened(path.name, good, "good signature from the aggregator" if good else proc.stderr[-300:])
+                GnupgOpened(path.name, good, "good signature from the aggregator" if good else proc.stderr[-300:])
             )
             if not good and target.exists():
                 target.unlink()

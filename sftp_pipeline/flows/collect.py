@@ -35,15 +35,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sftp_pipeline.clock import Clock, parse_rfc3339, rfc3339, utc_now
+from sftp_pipeline.clock import parse_rfc3339, rfc3339
 from sftp_pipeline.config import CollectJob, Config, Partner
 from sftp_pipeline.errors import OpenRejected, PipelineError, TransportError
 from sftp_pipeline.faults import crash_point
 from sftp_pipeline.flows.intake import quarantine_file
-from sftp_pipeline.flows.service import Service, TransportFactory
+from sftp_pipeline.flows.service import Context, Service
+from sftp_pipeline.folders import inbound_folders
 from sftp_pipeline.fsutil import fsync_dir, move_into, sha256_file
-from sftp_pipeline.keys import OurKeys, load_partner_cert
-from sftp_pipeline.ledger import Inbound, Ledger
+from sftp_pipeline.keys import load_partner_cert
+from sftp_pipeline.ledger import Inbound
 from sftp_pipeline.names import is_safe_name, parse_sealed_name
 from sftp_pipeline.openpgp.gnupg import GnupgRun
 from sftp_pipeline.openpgp.open import open_message
@@ -59,7 +60,7 @@ MAX_EXPANSION = 8
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class CollectOutcome:
     partner: str
     name: str
     transfer_id: str | None
@@ -69,7 +70,7 @@ class Outcome:
 
 @dataclass(slots=True)
 class CollectReport:
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[CollectOutcome] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -79,34 +80,10 @@ class CollectReport:
         return sum(1 for o in self.outcomes if o.result == result)
 
 
-@dataclass(frozen=True, slots=True)
-class Place:
-    """Where one partner's documents arrive and where our receipts for them go."""
-
-    documents: str
-    receipts: str
-    hosted: bool
-
-
-def place_of(partner: Partner) -> Place:
-    if partner.sftp is not None:
-        return Place(partner.sftp.dirs.outbox, partner.sftp.dirs.receipts_in, hosted=False)
-    # We host the partner: they upload into inbox/ and pick receipts up from receipts-out/.
-    return Place("inbox", "receipts-out", hosted=True)
-
-
 class Collector(Service):
-    def __init__(
-        self,
-        config: Config,
-        keys: OurKeys,
-        ledger: Ledger,
-        transport_factory: TransportFactory,
-        *,
-        clock: Clock = utc_now,
-    ) -> None:
-        super().__init__(config, keys, ledger, transport_factory, clock=clock)
-        self.staging = config.state_dir / "inbound" / "staging"
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.staging = self.config.state_dir / "inbound" / "staging"
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}  # (partner, name) → (lock, users)
 
     # -- runs ----------------------------------------------------------------------------------------
@@ -118,7 +95,7 @@ class Collector(Service):
             try:
                 transport = await self.transport_factory(partner)
             except PipelineError as exc:
-                report.outcomes.append(Outcome(partner.id, "", None, "pending", f"cannot connect: {exc}"))
+                report.outcomes.append(CollectOutcome(partner.id, "", None, "pending", f"cannot connect: {exc}"))
                 continue
             try:
                 # One collect run per partner at a time (the ledger's run locks): both would finish the same
@@ -133,11 +110,11 @@ class Collector(Service):
         self, job: CollectJob, partner: Partner, transport: Transport, report: CollectReport
     ) -> None:
         await self._finish_unfinished(job, partner, transport, report)
-        place = place_of(partner)
+        place = inbound_folders(partner)
         try:
             entries = await transport.list(place.documents)
         except TransportError as exc:
-            report.outcomes.append(Outcome(partner.id, place.documents, None, "pending", str(exc)))
+            report.outcomes.append(CollectOutcome(partner.id, place.documents, None, "pending", str(exc)))
             return
         for entry in entries:
             mtime = datetime.fromtimestamp(entry.mtime, UTC)
@@ -147,7 +124,7 @@ class Collector(Service):
 
     async def collect_one(
         self, job: CollectJob, partner: Partner, transport: Transport, name: str, *, received_at: datetime | None
-    ) -> Outcome:
+    ) -> CollectOutcome:
         """Collect one file by name. ``received_at`` is when it was complete (None: when we finish downloading)."""
         key = (partner.id, name)
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
@@ -158,7 +135,7 @@ class Collector(Service):
                     return await self._collect(job, partner, transport, name, received_at)
                 except (TransportError, OSError) as exc:
                     log.warning("collecting %s from %s: %s; will retry", name, partner.id, exc)
-                    return Outcome(partner.id, name, None, "pending", str(exc))
+                    return CollectOutcome(partner.id, name, None, "pending", str(exc))
         finally:
             # Forget the lock with its last user: a daemon sees every name once, and must not keep them all.
             lock, users = self._locks[key]
@@ -169,7 +146,7 @@ class Collector(Service):
 
     async def _collect(
         self, job: CollectJob, partner: Partner, transport: Transport, name: str, received_at: datetime | None
-    ) -> Outcome:
+    ) -> CollectOutcome:
         self.staging.mkdir(parents=True, exist_ok=True)
         try:
             sealed = parse_sealed_name(name)
@@ -215,9 +192,9 @@ class Collector(Service):
         staged: Path,
         previous: Inbound | None,
         stream: GnupgStream | None,
-    ) -> Outcome:
+    ) -> CollectOutcome:
         """Download (hashing, and decrypting into a partial file, as it arrives), archive, record, open."""
-        place = place_of(partner)
+        place = inbound_folders(partner)
         sealed = parse_sealed_name(name)
         intake = _Intake(stream)
         await transport.get(place.documents, name, staged, tee=intake)
@@ -240,7 +217,7 @@ class Collector(Service):
                     clock=self.clock,
                 )
                 await transport.remove(place.documents, name)
-                return Outcome(
+                return CollectOutcome(
                     partner.id,
                     name,
                     sealed.transfer_id,
@@ -251,7 +228,7 @@ class Collector(Service):
             await self._finish(previous, partner, transport)
             if previous.source_removed_at is not None:  # sent again after we took it (a sender killed before
                 await transport.remove(place.documents, name)  # recording its upload): answered, now cleared too
-            return Outcome(partner.id, name, sealed.transfer_id, "duplicate", "answered with the same receipt")
+            return CollectOutcome(partner.id, name, sealed.transfer_id, "duplicate", "answered with the same receipt")
         archive = self._archive_path(partner, moment, name)
         await asyncio.to_thread(move_into, staged, archive)
         row = self.ledger.receive(
@@ -270,7 +247,7 @@ class Collector(Service):
         row = await asyncio.to_thread(self._open, job, partner, row, streamed)
         crash_point("after-receipt-recorded")
         await self._finish(row, partner, transport)
-        return Outcome(partner.id, name, row.transfer_id, row.state, row.status or "")
+        return CollectOutcome(partner.id, name, row.transfer_id, row.state, row.status or "")
 
     # -- steps -------------------------------------------------------------------------------------
 
@@ -343,7 +320,7 @@ class Collector(Service):
 
     async def _finish(self, row: Inbound, partner: Partner, transport: Transport) -> None:
         """Send the stored receipt (idempotent) and remove the document from where the partner left it."""
-        place = place_of(partner)
+        place = inbound_folders(partner)
         if row.receipt_json is None or row.receipt_sig is None:
             return
         json_name, sig_name = receipt_file_names(row.transfer_id)
@@ -370,7 +347,7 @@ class Collector(Service):
             if row.state == "received":
                 row = await asyncio.to_thread(self._open, job, partner, row)
                 report.outcomes.append(
-                    Outcome(
+                    CollectOutcome(
                         partner.id,
                         row.remote_name,
                         row.transfer_id,
@@ -383,13 +360,15 @@ class Collector(Service):
             except (TransportError, OSError) as exc:
                 # Its receipt goes out next run (the row stays unfinished); a cut here must not end the run.
                 log.warning("sending the receipt for %s to %s: %s; will retry", row.remote_name, partner.id, exc)
-                report.outcomes.append(Outcome(partner.id, row.remote_name, row.transfer_id, "pending", str(exc)))
+                report.outcomes.append(
+                    CollectOutcome(partner.id, row.remote_name, row.transfer_id, "pending", str(exc))
+                )
 
     async def _quarantine_remote(
         self, job: CollectJob, partner: Partner, transport: Transport, name: str, reason: str, detail: str
-    ) -> Outcome:
+    ) -> CollectOutcome:
         """Keep a copy of a file we cannot take (under a safe local name), then clear it from the partner's folder."""
-        place = place_of(partner)
+        place = inbound_folders(partner)
         safe = name if is_safe_name(name) else f"unsafe-name-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
         staged = self.staging / f"{partner.id}.{safe}"
         await transport.get(place.documents, name, staged)
@@ -403,7 +382,7 @@ class Collector(Service):
         )
         await transport.remove(place.documents, name)
         log.warning("quarantined %r from %s: %s", name, partner.id, detail)
-        return Outcome(partner.id, name, None, "quarantined", f"{reason}: {target}")
+        return CollectOutcome(partner.id, name, None, "quarantined", f"{reason}: {target}")
 
     def _target(self, job: CollectJob, transfer_id: str, document_type: str, original: str) -> Path:
         """Where an accepted document is delivered (its folder is made here)."""
@@ -447,30 +426,27 @@ class _Intake:
 
 
 def collect_on_upload(
-    config: Config, collector: Collector, *, report: Callable[[Outcome], None] | None = None
+    config: Config, collector: Collector, *, report: Callable[[CollectOutcome], None] | None = None
 ) -> Callable[[str, Path, datetime], Awaitable[None]]:
     """An upload hook for the embedded server: collect a partner's document the moment its upload completes.
 
     Only partners with a collect job, and only their ``inbox``; ``received_at`` is the completion time the
     server took at the close, as NAESB EDM asks of its receipt timestamp.
     """
-    from sftp_pipeline.transport.local import LocalTransport
-
     jobs = {job.partner: job for job in config.jobs_of("collect")}
 
     async def hook(partner_id: str, path: Path, completed_at: datetime) -> None:
         job = jobs.get(partner_id)
-        if job is None or path.parent.name != place_of(config.partner(partner_id)).documents:
-            return
-        local = LocalTransport(config.hosted_root(partner_id), partner_id=partner_id)
+        partner = config.partner(partner_id)
+        if job is None or partner.sftp is not None or path.parent.name != inbound_folders(partner).documents:
+            return  # only partners we host upload to us
         # Never beside a collect run for this partner (the daemon's, or an operator's `collect`: both would
         # open this upload); beside other uploads' collection, yes. When a run took it meanwhile, nothing is left.
         async with collector.ledger.turn("collect", partner_id, shared=True):
             if not path.exists():
                 return
-            outcome = await collector.collect_one(
-                job, config.partner(partner_id), local, path.name, received_at=completed_at
-            )
+            async with await collector.transport_factory(partner) as hosted:  # the root our server serves them
+                outcome = await collector.collect_one(job, partner, hosted, path.name, received_at=completed_at)
         log.info(
             "%s from %s: %s %s",
             path.name,

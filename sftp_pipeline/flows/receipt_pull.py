@@ -57,14 +57,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftp_pipeline.clock import Clock, rfc3339, utc_now
-from sftp_pipeline.config import Config, Partner, ReceiptsJob
+from sftp_pipeline.clock import rfc3339
+from sftp_pipeline.config import Partner, ReceiptsJob
 from sftp_pipeline.errors import KeyFileError, LedgerError, PipelineError, ReceiptInvalid, TransportError
 from sftp_pipeline.faults import crash_point
-from sftp_pipeline.flows.service import Service, TransportFactory
+from sftp_pipeline.flows.service import Context, Service
+from sftp_pipeline.folders import receipts_folder
 from sftp_pipeline.fsutil import fsync_dir, move_into
-from sftp_pipeline.keys import OurKeys, load_partner_cert
-from sftp_pipeline.ledger import Ledger, OutboundState, ReceiptRecord, Transfer
+from sftp_pipeline.keys import load_partner_cert
+from sftp_pipeline.ledger import OutboundState, ReceiptRecord, Transfer
 from sftp_pipeline.openpgp import Cert, check_cert
 from sftp_pipeline.proof.receipts import MAX_RECEIPT_BYTES, RECEIPT_SUFFIX, SIGNATURE_SUFFIX, Receipt, verify_receipt
 from sftp_pipeline.transport import RemoteEntry, Transport
@@ -72,8 +73,6 @@ from sftp_pipeline.transport import RemoteEntry, Transport
 log = logging.getLogger(__name__)
 
 
-# Where the partner leaves receipts when we host it: the name its own config calls ``receipts_in``.
-HOSTED_RECEIPTS_DIR = "receipts-in"
 # A receipt pair, by name: ``<ULID>.receipt.json`` and ``<ULID>.receipt.json.sig``.
 RECEIPT_NAME_RE = re.compile(r"^(?P<tid>[0-9A-HJKMNP-TV-Z]{26})\.receipt\.json(?P<sig>\.sig)?$")
 SETTLED_STATES = ("receipted", "rejected", "mismatch")
@@ -216,28 +215,15 @@ def judge(receipt: Receipt, transfer: Transfer | None) -> Judgement:
     )
 
 
-def receipts_directory(partner: Partner) -> str:
-    """Where the partner leaves receipts for what we sent: on their server, or in the root we host for them."""
-    return partner.sftp.dirs.receipts_out if partner.sftp else HOSTED_RECEIPTS_DIR
-
-
 # ---------------------------------------------------------------------------------------- service
 
 
 class ReceiptPuller(Service):
-    def __init__(
-        self,
-        config: Config,
-        keys: OurKeys,
-        ledger: Ledger,
-        transport_factory: TransportFactory,
-        *,
-        clock: Clock = utc_now,
-    ) -> None:
-        super().__init__(config, keys, ledger, transport_factory, clock=clock)
-        self.store_dir = config.state_dir / "receipts"
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.store_dir = self.config.state_dir / "receipts"
         self.staging_dir = self.store_dir / "staging"
-        self.quarantine_dir = config.state_dir / "quarantine" / "receipts"
+        self.quarantine_dir = self.config.state_dir / "quarantine" / "receipts"
 
     async def run(self, jobs: list[ReceiptsJob]) -> PullReport:
         """Pull and settle the receipts of every partner named by ``jobs`` (each partner once)."""
@@ -257,7 +243,7 @@ class _PartnerPull:
         self.p = puller
         self.partner = partner
         self.report = report
-        self.directory = receipts_directory(partner)
+        self.directory = receipts_folder(partner)
         self.staging = puller.staging_dir / partner.id
 
     def _outcome(self, name: str, transfer_id: str | None, verdict: str, detail: str = "") -> None:

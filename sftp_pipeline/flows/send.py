@@ -22,8 +22,7 @@ from typing import Protocol
 
 from pysequoia import Cert
 
-from sftp_pipeline.clock import Clock, utc_now
-from sftp_pipeline.config import Config, Partner, SendJob
+from sftp_pipeline.config import Partner, SendJob
 from sftp_pipeline.errors import (
     CryptoError,
     DiskFullError,
@@ -39,14 +38,14 @@ from sftp_pipeline.errors import (
 from sftp_pipeline.faults import crash_point
 from sftp_pipeline.flows.groupcommit import GroupCommitter, GroupSync
 from sftp_pipeline.flows.intake import quarantine_file, scan
-from sftp_pipeline.flows.service import Service, TransportFactory
+from sftp_pipeline.flows.service import Context, Service
+from sftp_pipeline.folders import outbound_folder
 from sftp_pipeline.fsutil import fsync_dir, move_into, sha256_file
-from sftp_pipeline.keys import OurKeys, load_partner_cert
-from sftp_pipeline.ledger import Change, Ledger, OutboundState, Transfer
+from sftp_pipeline.keys import load_partner_cert
+from sftp_pipeline.ledger import Change, OutboundState, Transfer
 from sftp_pipeline.names import new_transfer_id, sealed_name
 from sftp_pipeline.openpgp import SealKeys, check_seal_keys, seal
-from sftp_pipeline.transport import Progress, Transport
-from sftp_pipeline.transport.sftp import SMALL_FILE_BYTES
+from sftp_pipeline.transport import SMALL_FILE_BYTES, Progress, Transport
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ KEY_CHECK_SECONDS = 60.0
 # Why 256 KiB: sealing that much takes a few ms on the event loop, less than the GIL hand-over delays a seal
 # in a worker thread inflicts on the loop; larger documents go to a thread so the uploads keep moving.
 INLINE_SEAL_BYTES = 256 * 1024
-# Why these two: a sealed file of at most one SFTP write request (transport/sftp.py SMALL_FILE_BYTES) is a few
+# Why these two: a sealed file of at most one SFTP write request (transport.SMALL_FILE_BYTES) is a few
 # round trips of latency, not bandwidth; 4 per files_in_flight slot (32 by default) keep at most ~8 MiB in
 # flight, one large upload's window, and hide the latency that made 1,000 small documents slow.
 SMALL_UPLOAD_BYTES = SMALL_FILE_BYTES
@@ -78,7 +77,7 @@ class ProgressSink(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class SendOutcome:
     job: str
     name: str
     transfer_id: str | None
@@ -88,7 +87,7 @@ class Outcome:
 
 @dataclass(slots=True)
 class SendReport:
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[SendOutcome] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -98,26 +97,12 @@ class SendReport:
         return sum(1 for o in self.outcomes if o.state == state)
 
 
-def remote_directory(partner: Partner) -> str:
-    """Where our documents go: the partner's inbox on their server, or their outbox on ours."""
-    return partner.sftp.dirs.inbox if partner.sftp else "outbox"
-
-
 class Outbound(Service):
-    def __init__(
-        self,
-        config: Config,
-        keys: OurKeys,
-        ledger: Ledger,
-        transport_factory: TransportFactory,
-        *,
-        clock: Clock = utc_now,
-        progress: ProgressSink | None = None,
-    ) -> None:
-        super().__init__(config, keys, ledger, transport_factory, clock=clock)
+    def __init__(self, context: Context, *, progress: ProgressSink | None = None) -> None:
+        super().__init__(context)
         self.progress = progress
-        self.work_dir = config.state_dir / "work"
-        self.archive_dir = config.state_dir / "archive"
+        self.work_dir = self.config.state_dir / "work"
+        self.archive_dir = self.config.state_dir / "archive"
 
     # -- the run --------------------------------------------------------------------------------------
 
@@ -200,9 +185,9 @@ class Outbound(Service):
             stable_seconds=0,
         )
         for seen in intake.take:
-            report.outcomes.append(Outcome(job.name, seen.name, None, "would-send", f"{seen.size} bytes"))
+            report.outcomes.append(SendOutcome(job.name, seen.name, None, "would-send", f"{seen.size} bytes"))
         for seen, reason in intake.quarantine:
-            report.outcomes.append(Outcome(job.name, seen.name, None, "would-quarantine", reason))
+            report.outcomes.append(SendOutcome(job.name, seen.name, None, "would-quarantine", reason))
 
     def _max_bytes(self, job: SendJob) -> int:
         return job.max_document_bytes or self.config.limits.max_document_bytes
@@ -234,9 +219,9 @@ class Outbound(Service):
                 clock=self.clock,
             )
             log.warning("quarantined %s (%s) as %s", seen.name, reason, target)
-            report.outcomes.append(Outcome(job.name, seen.name, None, "quarantined", f"{reason}: {target}"))
+            report.outcomes.append(SendOutcome(job.name, seen.name, None, "quarantined", f"{reason}: {target}"))
         for seen in intake.waiting:
-            report.outcomes.append(Outcome(job.name, seen.name, None, "waiting", "still being written"))
+            report.outcomes.append(SendOutcome(job.name, seen.name, None, "waiting", "still being written"))
         for i in range(0, len(intake.take), CLAIMS_PER_COMMIT):
             sources = [job.source / seen.name for seen in intake.take[i : i + CLAIMS_PER_COMMIT]]
             batch, full = await asyncio.to_thread(self._claim, job, sources)
@@ -244,7 +229,7 @@ class Outbound(Service):
             if full is not None:
                 # The work area is full: this and the rest stay in the drop folder for the next run.
                 log.error("%s", full[1])
-                report.outcomes.append(Outcome(job.name, full[0], None, "pending", str(full[1])))
+                report.outcomes.append(SendOutcome(job.name, full[0], None, "pending", str(full[1])))
                 break
 
     def _claim(self, job: SendJob, sources: list[Path]) -> tuple[list[Transfer], tuple[str, DiskFullError] | None]:
@@ -374,7 +359,7 @@ class _PartnerRun:
             await self._transport.close()
 
     def _outcome(self, transfer: Transfer, state: str, detail: str = "") -> None:
-        self.report.outcomes.append(Outcome(transfer.job or "", transfer.source_name, transfer.id, state, detail))
+        self.report.outcomes.append(SendOutcome(transfer.job or "", transfer.source_name, transfer.id, state, detail))
 
     async def process(self, transfer: Transfer) -> None:
         async with self.documents:
@@ -508,7 +493,7 @@ class _PartnerRun:
             # Only the SFTP work holds a slot; the commits around it are shared with the other documents.
             async with self.small_in_flight if small else self.in_flight:
                 result = await transport.put_atomic(
-                    sealed, remote_directory(self.partner), transfer.remote_name or "", progress=progress
+                    sealed, outbound_folder(self.partner), transfer.remote_name or "", progress=progress
                 )
         finally:
             if self.o.progress:

@@ -5,20 +5,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sftp_pipeline.clock import rfc3339
+from sftp_pipeline.config import Config
 from sftp_pipeline.faults import crash_point
+from sftp_pipeline.keys import OurKeys
+from sftp_pipeline.ledger import Ledger
 from sftp_pipeline.proof.audit import audit_path, head_path, read_head, sync_audit
 from sftp_pipeline.proof.reconcile import LAST_REPORT_KEY, Reconciliation, from_ledger, last_report_until
 from sftp_pipeline.reporting.mail import MailQueue, SendResult, build_message, email_report, report_mail
 from sftp_pipeline.reporting.render import ReportFiles, write_report
-from sftp_pipeline.wiring import Runtime
 
 # The outbox name of a report mail starts with its period's start in this form, so name order stays age order.
 QUEUE_STAMP = "%Y%m%dT%H%M%S%fZ"
 # The start of a first report's period (nothing reported yet).
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Context(Protocol):
+    """What a report is made from: the configuration, the ledger, our keys (:class:`~sftp_pipeline.wiring.Runtime`)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def keys(self) -> OurKeys: ...
 
 
 @dataclass(frozen=True)
@@ -28,14 +44,14 @@ class Produced:
     mail: SendResult | None  # None: not asked to email
 
 
-def audit_anchor(rt: Runtime) -> str | None:
+def audit_anchor(rt: Context) -> str | None:
     """Bring the audit log up to date and describe its head, which the signed report then anchors."""
     sync_audit(rt.config, rt.ledger)
     head = read_head(head_path(audit_path(rt.config)))
     return f"line {head.lines}, seq {head.seq}, sha256 {head.hash}" if head else None
 
 
-def produce_report(rt: Runtime, *, now: datetime, since: datetime | str | None = "last", email: bool) -> Produced:
+def produce_report(rt: Context, *, now: datetime, since: datetime | str | None = "last", email: bool) -> Produced:
     """Reconcile ``[since, now)`` (default: since the last report), write and sign the report, email it if asked.
 
     The report is on disk, and the period marked as reported, before any email is attempted: a relay that is

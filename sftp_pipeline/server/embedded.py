@@ -45,8 +45,9 @@ from typing import Any, cast
 import asyncssh
 
 from sftp_pipeline.clock import Clock, rfc3339, utc_now
-from sftp_pipeline.config import Config, RemoteDirs, Server
+from sftp_pipeline.config import Config, Server
 from sftp_pipeline.errors import NO_SPACE_ERRNOS, ConfigError, KeyFileError
+from sftp_pipeline.folders import HOSTED_DIRS, PICKUP_DIRS
 from sftp_pipeline.names import TEMP_PREFIX, TEMP_SUFFIX, is_safe_name, is_temporary
 from sftp_pipeline.transport import sshalgs
 
@@ -54,11 +55,6 @@ UploadHook = Callable[[str, Path, datetime], Awaitable[None] | None]
 
 log = logging.getLogger(__name__)
 
-_DIRS = RemoteDirs()
-# The directories every partner root holds (the defaults of RemoteDirs, named from the server's side).
-HOSTED_DIRS: tuple[str, ...] = (_DIRS.inbox, _DIRS.outbox, _DIRS.receipts_in, _DIRS.receipts_out)
-# Where we leave documents for the partner: it may delete what it has picked up, nowhere else.
-PICKUP_DIRS: frozenset[str] = frozenset({_DIRS.outbox, _DIRS.receipts_out})
 # Why 0750: the service account and its group (operators) read; partners never share a Unix user.
 DIR_MODE = 0o750
 # Why 0640: delivered documents are read by the service and its group, written by nobody after delivery.
@@ -780,4 +776,4 @@ class EmbeddedServer:
             log.exception("on_upload failed for %s from partner %s", remote, partner_id)
 
 
-__all__ = ["DIR_MODE", "HOSTED_DIRS", "PICKUP_DIRS", "EmbeddedServer", "UploadHook"]
+__all__ = ["DIR_MODE", "EmbeddedServer", "UploadHook"]

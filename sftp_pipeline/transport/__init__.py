@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+# Why 255 KiB: an upload this small is one SFTP write request (OpenSSH's sftp-server takes at most 261120 bytes a
+# write): a few round trips of latency rather than bandwidth, so a caller may run many such uploads at once.
+SMALL_FILE_BYTES = 261120
+
 Progress = Callable[[int], None]  # called with the number of bytes just moved
 Tee = Callable[[int, bytes], Awaitable[None]]  # (offset, data) of a download, in file order; see the contract
 

@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from sftp_pipeline import config, errors, names
 from sftp_pipeline.faults import crash_point
+from sftp_pipeline.folders import HOSTED_DIRS
 from sftp_pipeline.fsutil import fsync_dir
 from sftp_pipeline.transport import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 # Why 1 MiB: large enough that the thread hop per chunk is negligible, small enough for flat memory.
 CHUNK_SIZE = 1024 * 1024
 # The directories a partner's root always has (created on first use).
-STANDARD_DIRS = frozenset(config.RemoteDirs().model_dump().values())
+STANDARD_DIRS = frozenset(HOSTED_DIRS)
 
 
 class LocalTransport(Transport):

@@ -28,7 +28,16 @@ import asyncssh
 from sftp_pipeline import config, errors, names
 from sftp_pipeline.faults import crash_point
 from sftp_pipeline.fsutil import fsync_dir
-from sftp_pipeline.transport import Progress, PutResult, RemoteEntry, SessionInfo, Tee, Transport, sshalgs
+from sftp_pipeline.transport import (
+    SMALL_FILE_BYTES,
+    Progress,
+    PutResult,
+    RemoteEntry,
+    SessionInfo,
+    Tee,
+    Transport,
+    sshalgs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +45,10 @@ T = TypeVar("T")
 
 # Why 255 KiB: OpenSSH's sftp-server accepts at most 261120-byte writes (its limits@openssh.com reply);
 # larger blocks are split or refused, smaller ones cost more round trips.
-BLOCK_SIZE = 261120
+BLOCK_SIZE = SMALL_FILE_BYTES
 # Why 32: ~8 MiB in flight fills a 100 Mbit/s link at 600 ms RTT; on loopback against sshd 9.2 it measured
 # fastest of 16/32/64/128 (256 MiB, aes256-gcm: ~120-130 MiB/s up; chacha20-poly1305: ~90-100 MiB/s).
 MAX_REQUESTS = 32
-# Why one block: a file that fits one write request goes up with one request instead of a copy loop.
-SMALL_FILE_BYTES = BLOCK_SIZE
 # Why 3: asyncssh drops the connection at the (count + 1)-th unanswered interval, so with the interval at a
 # quarter of the stall timeout a silent server is dropped within it, even between transfers.
 KEEPALIVE_COUNT_MAX = 3

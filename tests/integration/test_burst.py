@@ -24,7 +24,7 @@ import pytest
 
 from sftp_pipeline.config import SendJob
 from sftp_pipeline.daemon.watcher import DropWatcher
-from sftp_pipeline.flows.send import Outbound, SendReport
+from sftp_pipeline.flows.send import SendReport
 from sftp_pipeline.names import parse_sealed_name
 from sftp_pipeline.wiring import open_runtime
 from tests.peers.parties import make_party
@@ -82,7 +82,7 @@ def test_a_burst_is_picked_up_exactly_once_each(tmp_path: Path, partner_cert: by
 
     async def main() -> tuple[list[tuple[str, str, str]], list[str]]:
         with open_runtime(config) as rt:
-            outbound = Outbound(config, rt.keys, rt.ledger, rt.connect)
+            outbound = rt.outbound()
 
             async def pick_up(j: SendJob, reason: str) -> None:
                 reasons.append(reason)

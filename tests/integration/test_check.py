@@ -8,8 +8,9 @@ from pathlib import Path
 
 from sftp_pipeline.check import WARNING, CheckResult, run_checks
 from sftp_pipeline.config import Config
+from sftp_pipeline.folders import HOSTED_DIRS
 from sftp_pipeline.keys import generate_keys
-from sftp_pipeline.server.embedded import HOSTED_DIRS, EmbeddedServer
+from sftp_pipeline.server.embedded import EmbeddedServer
 from tests.peers.embedded import make_host_key
 from tests.peers.parties import Party, make_party
 from tests.peers.sshd import Sshd, free_port

@@ -15,8 +15,6 @@ from pathlib import Path
 import pgpy
 import pytest
 
-from sftp_pipeline.flows.collect import Collector
-from sftp_pipeline.flows.send import Outbound
 from sftp_pipeline.names import new_transfer_id
 from sftp_pipeline.proof.receipts import receipt_file_names
 from sftp_pipeline.server.embedded import EmbeddedServer
@@ -118,7 +116,7 @@ def test_through_the_embedded_server_with_collection_on_upload(tmp_path: Path) -
     async def scenario() -> None:
         config = utility.config()
         with open_runtime(config) as rt:
-            collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+            collector = rt.collector()
             job = config.jobs["from-aggregator"]
             tasks = []
 
@@ -134,9 +132,7 @@ def test_through_the_embedded_server_with_collection_on_upload(tmp_path: Path) -
             async with EmbeddedServer(config, on_upload=on_upload):
                 agg = aggregator.config()
                 with open_runtime(agg) as art:
-                    report = await Outbound(agg, art.keys, art.ledger, art.connect, clock=art.clock).run(
-                        agg.jobs_of("send")
-                    )
+                    report = await art.outbound().run(agg.jobs_of("send"))
                     assert report.ok and report.count("uploaded") == 2
                 outcomes = await asyncio.gather(*tasks)
                 assert sorted(o.result for o in outcomes) == ["accepted", "accepted"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sftp_pipeline.flows.send import Outbound, SendReport
+from sftp_pipeline.flows.send import SendReport
 from sftp_pipeline.server.embedded import EmbeddedServer
 from sftp_pipeline.wiring import open_runtime
 from tests.peers.embedded import EmbeddedPeer, paramiko_sftp
@@ -166,9 +166,7 @@ def test_a_full_upload_area_on_the_embedded_server_fails_cleanly_and_delivers_on
         async with EmbeddedServer(utility.config(), on_upload=lambda p, path, at: uploads.append(path)):
             config = aggregator.config()
             with open_runtime(config) as rt:
-                return await Outbound(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run(
-                    config.jobs_of("send")
-                )
+                return await rt.outbound().run(config.jobs_of("send"))
 
     report = asyncio.run(send_once())
     [outcome] = report.outcomes

@@ -20,7 +20,7 @@ from typing import Any
 import pysequoia
 import pytest
 
-from sftp_pipeline.flows.receipt_pull import PullReport, ReceiptPuller
+from sftp_pipeline.flows.receipt_pull import PullReport
 from sftp_pipeline.keys import generate_keys
 from sftp_pipeline.ledger import ReceiptRecord, Transfer
 from sftp_pipeline.names import new_transfer_id, sealed_name
@@ -115,7 +115,7 @@ def pull(party: Party) -> PullReport:
 
     async def run() -> PullReport:
         with open_runtime(config) as rt:
-            puller = ReceiptPuller(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+            puller = rt.receipt_puller()
             return await puller.run(config.jobs_of("receipts"))
 
     return asyncio.run(run())

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sftp_pipeline.config import ReportJob, SendJob
-from sftp_pipeline.daemon.scheduler import JobScheduler, LedgerMarks, LocalCronTrigger, Missed
+from sftp_pipeline.cron import Missed
+from sftp_pipeline.daemon.scheduler import JobScheduler, LedgerMarks, LocalCronTrigger
 from sftp_pipeline.errors import ConfigError
 from sftp_pipeline.ledger import Ledger
 from sftp_pipeline.ledger.sqlite import SqliteLedger

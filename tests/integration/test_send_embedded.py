@@ -13,7 +13,6 @@ from pathlib import Path
 import pysequoia
 
 from sftp_pipeline.config import load_config
-from sftp_pipeline.flows.send import Outbound
 from sftp_pipeline.keys import load_our_keys
 from sftp_pipeline.server.embedded import EmbeddedServer
 from sftp_pipeline.wiring import open_runtime
@@ -64,9 +63,7 @@ def test_aggregator_pushes_into_the_utility_embedded_server(tmp_path: Path) -> N
         async with EmbeddedServer(utility.config(), on_upload=lambda p, path, at: uploads.append((p, path))):
             config = aggregator.config()
             with open_runtime(config) as rt:
-                report = await Outbound(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run(
-                    config.jobs_of("send")
-                )
+                report = await rt.outbound().run(config.jobs_of("send"))
             assert report.ok and report.count("uploaded") == 2
 
     asyncio.run(scenario())

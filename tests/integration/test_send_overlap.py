@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from sftp_pipeline.flows.send import Outbound
 from sftp_pipeline.locks import lock_path, try_lock
 from sftp_pipeline.wiring import open_runtime
 from tests.integration.test_send import aggregator_for, inbox
@@ -50,7 +49,7 @@ def test_two_jobs_for_one_partner_run_side_by_side_on_their_own_documents(
         with open_runtime(config) as rt:
 
             def run(job: str):
-                outbound = Outbound(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+                outbound = rt.outbound()
                 return asyncio.create_task(outbound.run(config.jobs_of("send", [job])))
 
             first = run("invoice-out")

@@ -16,7 +16,7 @@ import pytest
 from sftp_pipeline.config import Config, SendJob
 from sftp_pipeline.daemon.watcher import DropWatcher
 from sftp_pipeline.errors import ConfigError
-from sftp_pipeline.flows.send import Outbound, SendReport
+from sftp_pipeline.flows.send import SendReport
 from sftp_pipeline.ledger import Transfer
 from sftp_pipeline.names import parse_sealed_name
 from sftp_pipeline.wiring import Runtime, open_runtime
@@ -47,7 +47,7 @@ class Harness:
         self.config = config
         self.rt = rt
         self.job: SendJob = config.jobs_of("send", ["invoices"])[0]
-        self.outbound = Outbound(config, rt.keys, rt.ledger, rt.connect)
+        self.outbound = rt.outbound()
         self.reasons: list[str] = []
         self.reports: list[SendReport] = []
         self.active = 0

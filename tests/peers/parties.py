@@ -16,9 +16,9 @@ from pathlib import Path
 
 from sftp_pipeline.clock import Clock, utc_now
 from sftp_pipeline.config import Config, load_config
-from sftp_pipeline.flows.collect import Collector, CollectReport
-from sftp_pipeline.flows.receipt_pull import PullReport, ReceiptPuller
-from sftp_pipeline.flows.send import Outbound, SendReport
+from sftp_pipeline.flows.collect import CollectReport
+from sftp_pipeline.flows.receipt_pull import PullReport
+from sftp_pipeline.flows.send import SendReport
 from sftp_pipeline.keys import GeneratedKeys, generate_keys
 from sftp_pipeline.ledger import Inbound, Transfer
 from sftp_pipeline.proof.reconcile import Reconciliation, from_ledger
@@ -60,7 +60,7 @@ class Party:
 
         async def run() -> SendReport:
             with open_runtime(config, clock=clock) as rt:
-                return await Outbound(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock).run(selected)
+                return await rt.outbound().run(selected)
 
         return asyncio.run(run())
 
@@ -69,7 +69,7 @@ class Party:
 
         async def run() -> CollectReport:
             with open_runtime(config, clock=clock) as rt:
-                collector = Collector(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+                collector = rt.collector()
                 return await collector.run(config.jobs_of("collect", list(jobs)))
 
         return asyncio.run(run())
@@ -79,7 +79,7 @@ class Party:
 
         async def run() -> PullReport:
             with open_runtime(config, clock=clock) as rt:
-                puller = ReceiptPuller(config, rt.keys, rt.ledger, rt.connect, clock=rt.clock)
+                puller = rt.receipt_puller()
                 return await puller.run(config.jobs_of("receipts", list(jobs)))
 
         return asyncio.run(run())

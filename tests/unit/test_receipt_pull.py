@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from sftp_pipeline.config import Partner, RemoteDirs, SftpEndpoint
-from sftp_pipeline.flows.receipt_pull import HOSTED_RECEIPTS_DIR, classify_listing, judge, receipts_directory
+from sftp_pipeline.flows.receipt_pull import classify_listing, judge
+from sftp_pipeline.folders import receipts_folder
 from sftp_pipeline.ledger import Transfer
 from sftp_pipeline.names import sealed_name
 from sftp_pipeline.proof.receipts import MAX_RECEIPT_BYTES, Receipt, build_receipt
@@ -107,9 +108,9 @@ def test_oversize_is_judged_by_the_listed_size(json_size: int, sig_size: int, ov
 
 def test_receipts_are_read_from_the_partners_server_or_from_the_root_we_host() -> None:
     hosted = Partner(id="utility", name="U", openpgp_cert="u.asc")  # type: ignore[arg-type]
-    assert receipts_directory(hosted) == HOSTED_RECEIPTS_DIR
+    assert receipts_folder(hosted) == "receipts-in"
     endpoint = SftpEndpoint(host="h", user="u", host_keys=["SHA256:x"], dirs=RemoteDirs(receipts_out="acks"))
-    assert receipts_directory(replace_partner(hosted, endpoint)) == "acks"
+    assert receipts_folder(replace_partner(hosted, endpoint)) == "acks"
 
 
 def replace_partner(partner: Partner, endpoint: SftpEndpoint) -> Partner:

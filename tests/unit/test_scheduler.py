@@ -11,14 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftp_pipeline.daemon.scheduler import (
-    CronSchedule,
-    LocalCronTrigger,
-    Missed,
-    crontab_weekdays,
-    fire_times,
-    missed_run,
-)
+from sftp_pipeline.cron import CronSchedule, Missed, crontab_weekdays, fire_times, missed_run
+from sftp_pipeline.daemon.scheduler import LocalCronTrigger
 
 CHICAGO = "America/Chicago"
 CHI = ZoneInfo(CHICAGO)
