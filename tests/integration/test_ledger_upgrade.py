@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sftp_pipeline.errors import LedgerError
 from sftp_pipeline.ledger import migrations
 from sftp_pipeline.ledger.sqlite import SqliteLedger
 from sftp_pipeline.proof.audit import verify_log
+from sftp_pipeline.proof.evidence import verify_evidence
 from sftp_pipeline.wiring import LEDGER_NAME, open_ledger
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ledger-0.1.0"
@@ -123,6 +125,14 @@ def test_the_operator_s_commands_work_on_the_upgraded_ledger(party: Path) -> Non
     shown = " ".join(second.stdout.split())  # the terminal's width wraps the summary line
     for (partner, state), n in counts.items():
         assert f"{partner}/{state}: {n}" in shown
+
+
+def test_an_evidence_bundle_made_by_0_1_0_still_verifies() -> None:
+    """What an auditor was given before the upgrade still proves what it proved (checked as of the day after it
+    was made: the receipt's signing key must be usable at the time of checking, and test keys expire)."""
+    result = verify_evidence(FIXTURE / "evidence-0.1.0.zip", now=datetime(2026, 12, 3, tzinfo=UTC))
+    assert result.ok, result.findings
+    assert "accepted it" in result.summary
 
 
 def test_a_failed_upgrade_leaves_the_ledger_as_it_was(party: Path, monkeypatch: pytest.MonkeyPatch) -> None:
