@@ -60,6 +60,9 @@ STALL_TIMEOUT = 2.0
 STALL_TOLERANCE = 0.10
 # Why 3: a run either uploads something or injects a fault; far more runs than faults means a livelock.
 RUNS_PER_CUT = 3
+# Why 6: a batch of 12 documents (~3.6 MB down) spends a 1 MiB-offset fault with odds well over a half; six
+# batches leave a plan of 8 unspent only for a broken proxy or a livelock.
+MAX_COLLECT_BATCHES = 6
 # Why 4: enough documents in flight at once that a cut hits several uploads on one connection.
 FILES_IN_FLIGHT = 4
 # Why 5 s: connecting over loopback takes milliseconds; a cut during the handshake must not wait long.
@@ -359,15 +362,22 @@ def test_collect_through_a_cutting_proxy_receives_each_document_once_with_one_re
     test = "collect_through_a_cutting_proxy"
     rng = seeded(test)
     plan = RandomCuts(random.Random(rng.random()), budget=8, max_up=8 * 1024, max_down=MiB, down_share=0.7)
+    documents: dict[str, bytes] = {}
     with TcpProxy(sshd.port, plan=plan) as proxy:
         setup = over_sshd(tmp_path, sshd, proxy.port)
-        documents = {f"INV-{i}.xml": rng.randbytes(rng.randint(1000, 600_000)) for i in range(12)}
-        for name, data in documents.items():
-            setup.utility.drop("invoice", name, data)
-        assert setup.utility.send().count("uploaded") == len(documents)  # into its own outbox, locally
-        for _ in range(RUNS_PER_CUT * plan.budget + 5):
-            setup.aggregator.collect()
-            if not os.listdir(sshd.root / "outbox"):
+        # Batches until the plan's faults are spent: a fault whose offset lies beyond what its connection moved
+        # never fires, and with one batch some seeds left most of the plan unused (seed 804152166: 3 of 8).
+        for _ in range(MAX_COLLECT_BATCHES):
+            batch = {f"INV-{len(documents) + i}.xml": rng.randbytes(rng.randint(1000, 600_000)) for i in range(12)}
+            for name, data in batch.items():
+                setup.utility.drop("invoice", name, data)
+            assert setup.utility.send().count("uploaded") == len(batch)  # into its own outbox, locally
+            documents.update(batch)
+            for _ in range(RUNS_PER_CUT * plan.budget + 5):
+                setup.aggregator.collect()
+                if not os.listdir(sshd.root / "outbox"):
+                    break
+            if proxy.injected("cut", "reset") >= plan.budget:
                 break
     sent = {t.id: t for t in setup.utility.transfers()}
     received = setup.aggregator.inbound()
@@ -377,7 +387,7 @@ def test_collect_through_a_cutting_proxy_receives_each_document_once_with_one_re
     assert delivered == sorted(documents.values()), f"each document delivered exactly once {why(test)}"
     receipts = sorted(os.listdir(sshd.root / "receipts-in"))
     assert receipts == sorted(n for tid in sent for n in receipt_file_names(tid)), why(test)
-    assert proxy.injected("cut", "reset") >= plan.budget // 2, why(test)
+    assert proxy.injected("cut", "reset") >= plan.budget, why(test)
     print(f"{test}: {proxy.injected('cut', 'reset')} cuts/resets, {len(documents)} documents {why(test)}")
     assert_ledger_intact(setup.aggregator)
 
