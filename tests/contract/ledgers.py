@@ -7,7 +7,6 @@ test's ``tmp_path`` with the given clock. Every contract test then runs against 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sftp_pipeline.clock import Clock
@@ -22,14 +21,3 @@ def _sqlite(where: Path, clock: Clock) -> Ledger:
 
 
 STORES: dict[str, Opener] = {"sqlite": _sqlite}
-
-
-class StepClock:
-    """A clock that moves one millisecond per reading, so every timestamp differs and sorts in order."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now

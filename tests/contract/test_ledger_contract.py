@@ -13,8 +13,9 @@ import pytest
 from sftp_pipeline.errors import DuplicateContent, LedgerError
 from sftp_pipeline.ledger import Change, Ledger
 from sftp_pipeline.ledger.states import TRANSITIONS
+from tests.unit.test_ledger import FakeClock
 
-from .ledgers import STORES, StepClock
+from .ledgers import STORES
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -23,7 +24,7 @@ RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Ledger]]:
     """Opens the store under test (again: the same store, another handle, as a second process would)."""
     opened: list[Ledger] = []
-    clock = StepClock()
+    clock = FakeClock()  # one millisecond a reading: every timestamp differs and sorts in order
 
     def open_() -> Ledger:
         handle = STORES[request.param](tmp_path, clock)
