@@ -86,7 +86,7 @@ def main() -> None:
         f'[server]\nlisten = ["0.0.0.0"]\nport = {UTILITY_PORT}\n\n'
         '[partners.aggregator]\nname = "Staging Aggregator"\nopenpgp_cert = "keys/partners/aggregator.asc"\n'
         f"send = {_list(TYPES_TO_AGGREGATOR)}\nreceive = {_list(TYPES_TO_UTILITY)}\n"
-        f"ssh_login_keys = [\"{_public(agg_keys.ssh_public)}\"]\n"
+        f'ssh_login_keys = ["{_public(agg_keys.ssh_public)}"]\n'
     )
     for t in TYPES_TO_AGGREGATOR:
         _send(utility, "aggregator", t)
